@@ -1,0 +1,146 @@
+"""DistillationTrainer: a SupervisedTrainer whose loss adds distillation terms from a frozen teacher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.utils.enums import CommonKeys as Keys
+from torch import nn
+
+from lightvessel_monai.errors import ConfigKeyError
+from lightvessel_monai.features import FeatureTaps
+from lightvessel_monai.losses.base import DistillationInputs
+from lightvessel_monai.utils import load_state_dict_checked
+
+__all__ = ["DistillationTrainer"]
+
+logger = logging.getLogger(__name__)
+
+
+class DistillationTrainer(SupervisedTrainer):
+    """Train a student with ``loss = seg_loss + sum_k w_k * distiller_k`` from a frozen teacher.
+
+    Everything of :class:`monai.engines.SupervisedTrainer` (AMP, gradient accumulation, handlers,
+    ``torch.compile``) is kept: this class only supplies the loss function. For every iteration it runs
+    the teacher without gradients on the same inputs (inside the same autocast region), reads the
+    feature taps of both networks and evaluates each distiller on a
+    :class:`~lightvessel_monai.losses.base.DistillationInputs`.
+
+    ``engine.state.output`` holds, besides the usual ``image``/``label``/``pred``/``loss``, one entry
+    ``loss_<name>`` per term (``loss_seg`` and the *unweighted* distiller values). ``engine.state.distill``
+    keeps the detached label and teacher/student logits of the last iteration for handlers such as
+    :class:`~lightvessel_monai.handlers.AdversarialUpdateHandler`.
+
+    Args:
+        network: the student.
+        loss_function: the segmentation loss ``(pred, label) -> scalar`` (e.g. ``DiceCELoss``).
+        teacher: the teacher network, or ``None`` for teacher-free (self-)distillation.
+        teacher_checkpoint: state-dict file loaded into the teacher (``weights_only=True``); a checkpoint
+            of another architecture is a one-line :class:`~lightvessel_monai.errors.CheckpointMismatchError`.
+        teacher_taps, student_taps: ``{tap_name: module_path}`` read with forward hooks.
+        distillers: ``{name: Distiller}``.
+        distiller_weights: ``{name: weight}``; a missing weight is 1.
+        other args: as :class:`monai.engines.SupervisedTrainer` (``decollate`` defaults to ``False`` here,
+            because the loss terms are logged from the batch-level output).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Any,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_function: Callable,
+        teacher: nn.Module | None = None,
+        teacher_checkpoint: str | None = None,
+        teacher_taps: Mapping[str, str] | None = None,
+        student_taps: Mapping[str, str] | None = None,
+        distillers: Mapping[str, nn.Module] | None = None,
+        distiller_weights: Mapping[str, float] | None = None,
+        decollate: bool = False,
+        train_handlers: Sequence | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.seg_loss = loss_function
+        self.distillers = dict(distillers or {})
+        self.distiller_weights = {name: float((distiller_weights or {}).get(name, 1.0)) for name in self.distillers}
+        unknown = set(distiller_weights or {}) - set(self.distillers)
+        if unknown:
+            raise ConfigKeyError(
+                f"distiller_weights names {sorted(unknown)} that are not in distillers {sorted(self.distillers)}"
+            )
+        self.teacher = teacher
+        if teacher is not None:
+            if teacher_checkpoint:
+                load_state_dict_checked(teacher, teacher_checkpoint, what="teacher")
+            teacher.to(device)
+            teacher.eval()
+            teacher.requires_grad_(False)
+        for module in self.distillers.values():
+            module.to(device)
+        self.student_taps = FeatureTaps(network, student_taps)
+        self.teacher_taps = FeatureTaps(teacher, teacher_taps) if teacher is not None else None
+        self._check_required_taps(teacher_taps or {}, student_taps or {})
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=self._distillation_loss,
+            decollate=decollate,
+            train_handlers=train_handlers,
+            **kwargs,
+        )
+
+    def _check_required_taps(self, teacher_taps: Mapping[str, str], student_taps: Mapping[str, str]) -> None:
+        for name, module in self.distillers.items():
+            for tap in getattr(module, "required_taps", ()):
+                if tap not in student_taps:
+                    raise ConfigKeyError(
+                        f"distiller '{name}' needs student tap '{tap}', declared: {sorted(student_taps)}"
+                    )
+                if self.teacher is not None and tap not in teacher_taps:
+                    raise ConfigKeyError(
+                        f"distiller '{name}' needs teacher tap '{tap}', declared: {sorted(teacher_taps)}"
+                    )
+
+    def _distillation_loss(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """The student's loss; called by ``SupervisedTrainer._iteration`` right after the student forward."""
+        output = self.state.output
+        teacher_pred = None
+        if self.teacher is not None:
+            self.teacher.eval()  # the trainer's network.train() never reaches the teacher, but handlers might
+            with torch.no_grad():
+                teacher_pred = self.teacher(output[Keys.IMAGE])
+        inputs = DistillationInputs(
+            image=output[Keys.IMAGE],
+            label=label,
+            student_pred=pred,
+            teacher_pred=teacher_pred,
+            student_features=self.student_taps.features,
+            teacher_features=self.teacher_taps.features if self.teacher_taps is not None else {},
+            iteration=self.state.iteration,
+        )
+        seg = self.seg_loss(pred, label).mean()
+        total = seg
+        terms = {"loss_seg": seg.detach()}
+        for name, distiller in self.distillers.items():
+            value = distiller(inputs)
+            terms[f"loss_{name}"] = value.detach()
+            total = total + self.distiller_weights[name] * value
+        output.update(terms)
+        self.state.distill = {
+            "label": label.detach(),
+            "student_pred": pred.detach(),
+            "teacher_pred": teacher_pred,
+        }
+        self.student_taps.clear()
+        if self.teacher_taps is not None:
+            self.teacher_taps.clear()
+        return total

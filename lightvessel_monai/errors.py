@@ -1,0 +1,65 @@
+"""User-facing errors that are reported as one line, with a non-zero exit.
+
+``python -m monai.bundle run`` wraps every failure of a config expression in several layers of
+tracebacks. For the errors a user can fix (bad data, a bad config key, a wrong checkpoint) that noise
+hides the message, so importing :mod:`lightvessel_monai` installs :func:`excepthook`, which prints only
+the first :class:`LightVesselError` found in the exception chain. Any other exception keeps Python's
+usual traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+
+__all__ = ["LightVesselError", "DataError", "ConfigKeyError", "CheckpointMismatchError", "install_excepthook"]
+
+
+class LightVesselError(Exception):
+    """Base class of the errors that a user can fix; the message names the file or key at fault."""
+
+
+class DataError(LightVesselError, ValueError):
+    """A datalist entry or a data file is missing, unreadable or inconsistent."""
+
+
+class ConfigKeyError(LightVesselError, KeyError):
+    """A config key or a module path named in a config does not exist or has a bad value."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointMismatchError(LightVesselError, RuntimeError):
+    """A checkpoint does not fit the network it is loaded into."""
+
+
+def find_user_error(exc: BaseException | None) -> LightVesselError | None:
+    """Walk ``__cause__``/``__context__`` and return the first :class:`LightVesselError`, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, LightVesselError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+_previous_hook = sys.excepthook
+
+
+def excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    user_error = find_user_error(exc)
+    if user_error is None:
+        _previous_hook(exc_type, exc, tb)
+        return
+    sys.stderr.write(f"lightvessel_monai error: {user_error}\n")
+    sys.stderr.flush()
+
+
+def install_excepthook() -> None:
+    """Route uncaught :class:`LightVesselError` to a one-line message (exit status stays 1)."""
+    if sys.excepthook is not excepthook:
+        global _previous_hook
+        _previous_hook = sys.excepthook
+        sys.excepthook = excepthook

@@ -1,0 +1,119 @@
+"""ASD, Adversarial Similarity Distillation (LightVessel, Dang et al., ICASSP 2023)."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.utils import one_hot
+from torch import nn
+
+from lightvessel_monai.losses.adversarial import (
+    GAN_KINDS,
+    discriminator_loss,
+    frozen,
+    generator_loss,
+    gradient_penalty,
+)
+from lightvessel_monai.losses.base import DistillationInputs, Distiller
+
+__all__ = ["AdversarialSimilarityDistillation", "correlation_map"]
+
+CORRELATIONS = ("product", "concat")
+
+
+def correlation_map(
+    label: torch.Tensor, pred: torch.Tensor, correlation: str = "product", activation: str = "softmax"
+) -> torch.Tensor:
+    """Correlation between an annotation and a prediction.
+
+    Args:
+        label: ``(B, 1, ...)`` class indices or ``(B, K, ...)`` one-hot.
+        pred: logits ``(B, K, H, W)`` in 2D or ``(B, K, D, H, W)`` in 3D.
+        correlation: ``"product"`` gives ``label ⊙ p`` with ``K`` channels; ``"concat"`` gives
+            ``concat(label, p)`` with ``2K`` channels.
+        activation: ``"softmax"`` (multi-class head) or ``"sigmoid"`` (binary/multi-label head).
+    """
+    if activation == "softmax":
+        prob = torch.softmax(pred.float(), dim=1)
+    elif activation == "sigmoid":
+        prob = torch.sigmoid(pred.float())
+    else:
+        raise ValueError(f"activation must be 'softmax' or 'sigmoid', got '{activation}'")
+    num_classes = pred.shape[1]
+    if label.shape[1] == 1 and num_classes > 1:
+        label = one_hot(label.long(), num_classes, dim=1)
+    label = label.to(prob.dtype)
+    if label.shape != prob.shape:
+        raise ValueError(f"label shape {tuple(label.shape)} does not match prediction shape {tuple(prob.shape)}")
+    if correlation == "product":
+        return label * prob
+    if correlation == "concat":
+        return torch.cat([label, prob], dim=1)
+    raise ValueError(f"correlation must be one of {', '.join(CORRELATIONS)}, got '{correlation}'")
+
+
+class AdversarialSimilarityDistillation(Distiller):
+    """Student term of ASD: fool a critic that tells teacher correlation maps from student ones.
+
+    The critic sees ``M = correlation(label, prediction)``: the teacher's map is "real", the student's
+    is "fake". This module returns the generator loss of the student's map; the critic itself is
+    trained by :class:`lightvessel_monai.handlers.AdversarialUpdateHandler`, which calls
+    :meth:`critic_inputs` and :meth:`discriminator_loss`. Gradients of the student term flow through
+    the critic into the student only: the critic's parameters are frozen while it is computed.
+
+    Args:
+        discriminator: critic network, e.g. :class:`lightvessel_monai.networks.SimilarityDiscriminator`
+            with ``in_channels = K`` (``product``) or ``2K`` (``concat``).
+        correlation: ``"product"`` (``label ⊙ p``, default) or ``"concat"``.
+        activation: ``"softmax"`` or ``"sigmoid"``.
+        gan_loss: ``"wgan-gp"`` (default), ``"hinge"`` or ``"lsgan"``.
+        gp_weight: weight λ of the gradient penalty for ``wgan-gp``.
+        warmup_iterations: the student term is 0 for the first iterations, so the critic gets a head start.
+
+    Shapes: predictions and labels ``(B, K, H, W)`` in 2D or ``(B, K, D, H, W)`` in 3D; returns a scalar.
+    """
+
+    def __init__(
+        self,
+        discriminator: nn.Module,
+        correlation: str = "product",
+        activation: str = "softmax",
+        gan_loss: str = "wgan-gp",
+        gp_weight: float = 10.0,
+        warmup_iterations: int = 0,
+    ) -> None:
+        super().__init__()
+        if correlation not in CORRELATIONS:
+            raise ValueError(f"correlation must be one of {', '.join(CORRELATIONS)}, got '{correlation}'")
+        if gan_loss not in GAN_KINDS:
+            raise ValueError(f"gan_loss must be one of {', '.join(GAN_KINDS)}, got '{gan_loss}'")
+        self.discriminator = discriminator
+        self.correlation = correlation
+        self.activation = activation
+        self.gan_loss = gan_loss
+        self.gp_weight = gp_weight
+        self.warmup_iterations = warmup_iterations
+
+    def critic_inputs(
+        self, label: torch.Tensor, teacher_pred: torch.Tensor, student_pred: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(real, fake) correlation maps: the teacher's and the student's."""
+        real = correlation_map(label, teacher_pred, self.correlation, self.activation)
+        fake = correlation_map(label, student_pred, self.correlation, self.activation)
+        return real, fake
+
+    def forward(self, inputs: DistillationInputs) -> torch.Tensor:
+        if inputs.teacher_pred is None:
+            raise ValueError("ASD needs a teacher prediction (teacher_pred is None)")
+        if self.warmup_iterations and inputs.iteration <= self.warmup_iterations:
+            return inputs.student_pred.new_zeros(())
+        fake = correlation_map(inputs.label, inputs.student_pred, self.correlation, self.activation)
+        with frozen(self.discriminator):
+            return generator_loss(self.discriminator(fake), self.gan_loss)
+
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor, gp_scale: float = 1.0) -> torch.Tensor:
+        """Critic loss on detached maps, with the gradient penalty for ``wgan-gp``."""
+        real, fake = real.detach(), fake.detach()
+        loss = discriminator_loss(self.discriminator(real), self.discriminator(fake), self.gan_loss)
+        if self.gan_loss == "wgan-gp" and self.gp_weight > 0:
+            loss = loss + self.gp_weight * gradient_penalty(self.discriminator, real, fake, scale=gp_scale)
+        return loss

@@ -1,0 +1,121 @@
+"""End-of-run comparison of teacher and distilled student: Dice, size and CPU latency."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from monai.data import decollate_batch
+from monai.inferers import Inferer, SimpleInferer
+from monai.metrics import DiceMetric
+from monai.transforms import AsDiscrete
+from torch import nn
+
+from lightvessel_monai.networks import count_parameters
+from lightvessel_monai.utils import load_state_dict_checked
+
+__all__ = ["evaluate_dice", "cpu_latency_ms", "write_report"]
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def evaluate_dice(
+    network: nn.Module,
+    dataloader: Iterable,
+    device: str | torch.device = "cpu",
+    inferer: Inferer | None = None,
+    num_classes: int = 2,
+) -> float:
+    """Mean foreground Dice of ``network`` (softmax head, argmax) over ``dataloader``."""
+    inferer = inferer or SimpleInferer()
+    network.eval().to(device)
+    metric = DiceMetric(include_background=False, reduction="mean")
+    to_pred, to_label = AsDiscrete(argmax=True, to_onehot=num_classes), AsDiscrete(to_onehot=num_classes)
+    for batch in dataloader:
+        image, label = batch["image"].to(device), batch["label"].to(device)
+        logits = inferer(image, network)
+        preds = [to_pred(p) for p in decollate_batch(logits)]
+        labels = [to_label(y) for y in decollate_batch(label)]
+        metric(y_pred=preds, y=labels)
+    return float(metric.aggregate().item())
+
+
+@torch.no_grad()
+def cpu_latency_ms(
+    network: nn.Module, input_shape: Sequence[int], repeats: int = 10, warmup: int = 2, threads: int | None = None
+) -> float:
+    """Median wall time (ms) of one forward pass on the CPU for an input of ``input_shape`` (with batch)."""
+    network = copy.deepcopy(network).cpu().eval()
+    x = torch.randn(*input_shape)
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        for _ in range(warmup):
+            network(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            network(x)
+            times.append((time.perf_counter() - start) * 1000)
+    finally:
+        torch.set_num_threads(previous)
+    return statistics.median(times)
+
+
+def write_report(
+    networks: dict[str, nn.Module],
+    checkpoints: dict[str, str],
+    dataloader: Iterable,
+    output_dir: str,
+    input_shape: Sequence[int],
+    device: str | torch.device = "cpu",
+    inferer: Inferer | None = None,
+    num_classes: int = 2,
+    latency_repeats: int = 10,
+    printer: Callable[[str], None] = print,
+) -> list[dict]:
+    """Evaluate each network's best checkpoint and write ``report.md`` and ``report.csv`` to ``output_dir``.
+
+    Args:
+        networks: ``{"teacher": ..., "student": ...}``; they are copied, not modified.
+        checkpoints: the state-dict file of each network.
+        dataloader: validation data (batches with ``image`` and ``label``).
+        input_shape: shape of one input for the latency measurement, e.g. ``(1, 1, 512, 512)``.
+    """
+    rows = []
+    for name, network in networks.items():
+        model = copy.deepcopy(network)
+        load_state_dict_checked(model, checkpoints[name], what=name)
+        rows.append(
+            {
+                "model": name,
+                "dice": round(evaluate_dice(model, dataloader, device, inferer, num_classes), 4),
+                "params": count_parameters(model),
+                "cpu_latency_ms": round(cpu_latency_ms(model, input_shape, repeats=latency_repeats), 1),
+                "checkpoint": checkpoints[name],
+            }
+        )
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "report.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    shape, threads = "x".join(str(s) for s in input_shape[2:]), torch.get_num_threads()
+    lines = [
+        f"| model | Dice | parameters | median CPU latency, one {shape} image (ms, {threads} threads) |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['model']} | {r['dice']:.4f} | {r['params']:,} | {r['cpu_latency_ms']:.1f} |" for r in rows]
+    table = "\n".join(lines)
+    with open(os.path.join(output_dir, "report.md"), "w") as f:
+        f.write(table + "\n")
+    printer(table)
+    return rows

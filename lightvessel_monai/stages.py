@@ -1,0 +1,94 @@
+"""Two stages, one command: train the teacher when no matching checkpoint is cached, then distil."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from lightvessel_monai.errors import CheckpointMismatchError
+from lightvessel_monai.utils import load_state_dict_checked
+
+__all__ = ["teacher_fingerprint", "cached_teacher_path", "TeacherStage"]
+
+logger = logging.getLogger(__name__)
+
+
+def teacher_fingerprint(teacher: nn.Module, datalist: Sequence[Mapping] | None = None, settings: Any = None) -> str:
+    """A short hash of what determines a trained teacher: architecture, training data and settings."""
+    shapes = [(name, tuple(t.shape)) for name, t in teacher.state_dict().items()]
+    files = [sorted((k, os.path.basename(str(v))) for k, v in item.items()) for item in (datalist or [])]
+    blob = json.dumps({"arch": repr(teacher), "shapes": shapes, "data": files, "settings": settings}, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cached_teacher_path(teacher_dir: str, fingerprint: str) -> str:
+    """Where the teacher trained for ``fingerprint`` is cached (outside ``models/*.pt``, see MONAI Label)."""
+    return os.path.join(teacher_dir, f"teacher_{fingerprint}.pt")
+
+
+class TeacherStage:
+    """Make sure a trained teacher checkpoint exists before distillation.
+
+    Args:
+        trainer: the teacher's ``SupervisedTrainer`` (only run when needed).
+        checkpoint: the teacher checkpoint the distillation will load.
+        best_checkpoint: the file the teacher trainer's ``CheckpointSaver`` writes (best validation Dice).
+        explicit: ``True`` when the user named ``checkpoint``: it is never retrained, only checked.
+        teacher: the teacher network, used to check an explicit checkpoint's architecture up front.
+        evaluator: the teacher's validation evaluator, whose best metric is recorded.
+        info: written beside a newly cached checkpoint as JSON, to say what it was trained with.
+    """
+
+    def __init__(
+        self,
+        trainer: Any,
+        checkpoint: str,
+        best_checkpoint: str,
+        explicit: bool = False,
+        teacher: nn.Module | None = None,
+        evaluator: Any = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.trainer = trainer
+        self.checkpoint = checkpoint
+        self.best_checkpoint = best_checkpoint
+        self.explicit = explicit
+        self.teacher = teacher
+        self.evaluator = evaluator
+        self.info = dict(info or {})
+
+    def ensure(self) -> str:
+        """Return the teacher checkpoint path, training the teacher first if it is not cached."""
+        if self.explicit:
+            if self.teacher is not None:
+                load_state_dict_checked(self.teacher, self.checkpoint, what="teacher")
+            logger.info(f"using the teacher checkpoint {self.checkpoint}")
+            return self.checkpoint
+        if os.path.isfile(self.checkpoint):
+            logger.info(f"reusing the cached teacher {self.checkpoint}")
+            return self.checkpoint
+        logger.info(f"no cached teacher at {self.checkpoint}: training the teacher first")
+        if os.path.isfile(self.best_checkpoint):
+            os.remove(self.best_checkpoint)  # a stale best from an interrupted, different run
+        self.trainer.run()
+        if not os.path.isfile(self.best_checkpoint):
+            raise CheckpointMismatchError(
+                f"teacher training finished without writing {self.best_checkpoint}; is validation configured?"
+            )
+        os.makedirs(os.path.dirname(self.checkpoint) or ".", exist_ok=True)
+        # copy then rename, so a killed run never leaves a half-written cache entry
+        tmp = self.checkpoint + ".tmp"
+        shutil.copyfile(self.best_checkpoint, tmp)
+        os.replace(tmp, self.checkpoint)
+        metric = getattr(getattr(self.evaluator, "state", None), "best_metric", None)
+        with open(os.path.splitext(self.checkpoint)[0] + ".json", "w") as f:
+            json.dump({**self.info, "best_val_dice": metric}, f, indent=2, default=str)
+        logger.info(f"cached the teacher at {self.checkpoint} (best validation Dice {metric})")
+        return self.checkpoint

@@ -1,0 +1,81 @@
+"""Small helpers used by the bundle configs and the engines."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightvessel_monai.errors import CheckpointMismatchError
+
+__all__ = ["load_state_dict_checked", "loss_terms", "find_bundle_root"]
+
+
+def _unwrap_state_dict(obj: Any) -> Mapping[str, torch.Tensor] | None:
+    """A plain state dict, or a dict with one nested state dict (``{"model": sd}``) as some savers write."""
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if isinstance(obj, Mapping) and len(obj) == 1:
+        return _unwrap_state_dict(next(iter(obj.values())))
+    return None
+
+
+def load_state_dict_checked(network: nn.Module, path: str | os.PathLike, what: str = "network") -> nn.Module:
+    """Load a state-dict file into ``network`` with ``weights_only=True``, or fail with one line.
+
+    The message names the file and says how it differs from the network: missing/unexpected keys
+    or tensor shapes, so a checkpoint of another architecture is caught before training.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointMismatchError(f"{what} checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated file, not a torch file, or pickled objects
+        raise CheckpointMismatchError(f"{what} checkpoint {path} cannot be read: {str(err).splitlines()[0]}") from None
+    state = _unwrap_state_dict(obj)
+    if state is None:
+        raise CheckpointMismatchError(f"{what} checkpoint {path} is not a state dict of tensors")
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])})")
+        raise CheckpointMismatchError(
+            f"{what} checkpoint {path} does not fit {type(network).__name__}: {'; '.join(problems)}"
+        )
+    network.load_state_dict(state)
+    return network
+
+
+def loss_terms(output: Any) -> dict[str, float]:
+    """``output_transform`` for StatsHandler/TensorBoardStatsHandler: every ``loss*`` entry as a float."""
+    item = output[0] if isinstance(output, list) else output
+    return {
+        k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+        for k, v in item.items()
+        if k.startswith("loss")
+    }
+
+
+def find_bundle_root(default: str = ".") -> str:
+    """``bundle/`` when run from the repository root, else ``default`` (the bundle's own directory)."""
+    candidate = Path("bundle")
+    if (candidate / "configs" / "metadata.json").is_file():
+        return str(candidate)
+    return default
