@@ -51,6 +51,8 @@ def _worker(args: argparse.Namespace) -> None:
 
     from lightvessel_monai.losses.fsd import fsd_pair_loss
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape = [args.size] * args.dims
 
@@ -102,6 +104,8 @@ def _run_case(args: argparse.Namespace, form: str, size: int, dims: int) -> dict
         str(args.student_channels),
         "--repeats",
         str(args.repeats),
+        "--threads",
+        str(args.threads),
     ]
     env = dict(os.environ)
     # the benchmark must import this checkout's package wherever it is started from
@@ -134,6 +138,12 @@ def main() -> None:
     parser.add_argument("--teacher-channels", type=int, default=64)
     parser.add_argument("--student-channels", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5, help="timed forward+backward runs after one warm-up")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads per case (default 1: stable timings on a shared machine; 0 = torch default)",
+    )
     available = _mem_available_bytes()
     default_budget = 0.5 * available / 2**30 if available else 8.0
     parser.add_argument(
@@ -157,7 +167,8 @@ def main() -> None:
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     print(
         f"Machine: {platform.machine()} {platform.processor() or ''}, {cpus} CPUs usable "
-        f"(os.cpu_count()={os.cpu_count()}), torch.get_num_threads()={torch.get_num_threads()}, "
+        f"(os.cpu_count()={os.cpu_count()}), torch threads per case: "
+        f"{args.threads if args.threads > 0 else torch.get_num_threads()}, "
         f"RAM {total / 2**30:.1f} GiB; Python {platform.python_version()}, torch {torch.__version__}"
     )
     print(

@@ -16,7 +16,7 @@ from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
 
-__all__ = ["FeatureTaps", "resolve_module"]
+__all__ = ["FeatureTaps", "resolve_module", "check_taps"]
 
 
 def resolve_module(network: nn.Module, path: str, what: str = "tap") -> nn.Module:
@@ -32,6 +32,24 @@ def resolve_module(network: nn.Module, path: str, what: str = "tap") -> nn.Modul
             f"{what} path '{path}' does not exist in {type(network).__name__}; {hint}"
             f"top-level modules: {', '.join(top)} ({len(valid)} valid paths in all)"
         ) from None
+
+
+def check_taps(
+    network: nn.Module | None,
+    taps: Mapping[str, str] | None,
+    distillers: Mapping[str, nn.Module] | None = None,
+    what: str = "student_taps",
+) -> None:
+    """Check before any training that every tap path exists and every distiller's required tap is declared."""
+    if network is None:
+        return
+    taps = dict(taps or {})
+    for name, path in taps.items():
+        resolve_module(network, path, what=f"{what} '{name}'")
+    for distiller_name, module in (distillers or {}).items():
+        for tap in getattr(module, "required_taps", ()):
+            if tap not in taps:
+                raise ConfigKeyError(f"distiller '{distiller_name}' needs {what} '{tap}', declared: {sorted(taps)}")
 
 
 def _first_tensor(output: object) -> torch.Tensor:

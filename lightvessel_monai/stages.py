@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from lightvessel_monai.errors import CheckpointMismatchError
+from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 from lightvessel_monai.utils import load_state_dict_checked
 
 __all__ = ["teacher_fingerprint", "cached_teacher_path", "TeacherStage"]
@@ -64,14 +64,16 @@ class TeacherStage:
         self.evaluator = evaluator
         self.info = dict(info or {})
 
-    def ensure(self) -> str:
-        """Return the teacher checkpoint path, training the teacher first if it is not cached."""
+    def ensure(self, force: bool = False) -> str:
+        """Return the teacher checkpoint path, training the teacher first if it is not cached (or ``force``)."""
+        if self.explicit and force:
+            raise ConfigKeyError("teacher_checkpoint is set explicitly: it is never retrained (unset it to train)")
         if self.explicit:
             if self.teacher is not None:
                 load_state_dict_checked(self.teacher, self.checkpoint, what="teacher")
             logger.info(f"using the teacher checkpoint {self.checkpoint}")
             return self.checkpoint
-        if os.path.isfile(self.checkpoint):
+        if os.path.isfile(self.checkpoint) and not force:
             logger.info(f"reusing the cached teacher {self.checkpoint}")
             return self.checkpoint
         logger.info(f"no cached teacher at {self.checkpoint}: training the teacher first")

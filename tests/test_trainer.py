@@ -113,7 +113,7 @@ def test_teacher_checkpoint_roundtrip(tmp_path):
 def test_bad_tap_path_and_missing_tap():
     with pytest.raises(ConfigKeyError, match="'down_9' does not exist"):
         make_trainer(2, student_taps={**TAPS, "enc2": "down_9"})
-    with pytest.raises(ConfigKeyError, match="needs student tap 'enc2'"):
+    with pytest.raises(ConfigKeyError, match="needs student_taps 'enc2'"):
         make_trainer(2, student_taps={"enc1": "conv_0", "dec1": "upcat_1", "dec2": "upcat_2"})
 
 

@@ -12,7 +12,7 @@ from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.features import FeatureTaps
+from lightvessel_monai.features import FeatureTaps, check_taps
 from lightvessel_monai.losses.base import DistillationInputs
 from lightvessel_monai.utils import load_state_dict_checked
 
@@ -83,9 +83,10 @@ class DistillationTrainer(SupervisedTrainer):
             teacher.requires_grad_(False)
         for module in self.distillers.values():
             module.to(device)
+        check_taps(network, student_taps, self.distillers, what="student_taps")
+        check_taps(teacher, teacher_taps, self.distillers, what="teacher_taps")
         self.student_taps = FeatureTaps(network, student_taps)
         self.teacher_taps = FeatureTaps(teacher, teacher_taps) if teacher is not None else None
-        self._check_required_taps(teacher_taps or {}, student_taps or {})
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -97,18 +98,6 @@ class DistillationTrainer(SupervisedTrainer):
             train_handlers=train_handlers,
             **kwargs,
         )
-
-    def _check_required_taps(self, teacher_taps: Mapping[str, str], student_taps: Mapping[str, str]) -> None:
-        for name, module in self.distillers.items():
-            for tap in getattr(module, "required_taps", ()):
-                if tap not in student_taps:
-                    raise ConfigKeyError(
-                        f"distiller '{name}' needs student tap '{tap}', declared: {sorted(student_taps)}"
-                    )
-                if self.teacher is not None and tap not in teacher_taps:
-                    raise ConfigKeyError(
-                        f"distiller '{name}' needs teacher tap '{tap}', declared: {sorted(teacher_taps)}"
-                    )
 
     def _distillation_loss(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """The student's loss; called by ``SupervisedTrainer._iteration`` right after the student forward."""

@@ -287,8 +287,9 @@ class FeatureSimilarityDistillation(Distiller):
     r"""Feature-wise Similarity Distillation (FSD) over symmetric encoder/decoder tap pairs.
 
     Dang et al., "LightVessel: Exploring Lightweight Coronary Artery Vessel Segmentation via Similarity
-    Knowledge Distillation", ICASSP 2023 (arXiv:2211.00899). For each pair ``(enc, dec)``, with ``S = E^T D`` the cosine
-    similarity between every encoder position and every decoder position (see :func:`fsd_pair_loss`),
+    Knowledge Distillation", ICASSP 2023 (arXiv:2211.00899). For each pair ``(enc, dec)``, with
+    ``S = E^T D`` the cosine similarity between every encoder position and every decoder position
+    (see :func:`fsd_pair_loss`),
 
     .. math::
         \mathcal{L}_{FSD} = \sum_{(enc, dec)} \frac{1}{B N^2} \sum_b \lVert S^t_b - S^s_b \rVert_F^2

@@ -1,0 +1,127 @@
+"""The MONAI bundle end to end: `python -m monai.bundle run ...` in subprocesses, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from conftest import REPO, SHARED_DATA
+
+CONFIGS = REPO / "bundle" / "configs"
+SCHEMA = SHARED_DATA.parent / "schemas" / "meta_schema_20240725.json"
+
+TINY = {
+    "synthetic#num_train": 4,
+    "synthetic#num_val": 2,
+    "synthetic#size": 128,
+    "image_size": "[128,128]",
+    "patch_size": "[64,64]",
+    "samples_per_image": 2,
+    "batch_size": 2,
+    "max_epochs": 2,
+    "teacher_train#settings#max_epochs": 1,
+    "val_interval": 1,
+    "asd_warmup": 1,
+    "latency_repeats": 1,
+    "progress_bar": "False",
+}
+
+
+def run_bundle(run_id, configs, root, extra=None, check=True, tiny=True):
+    files = "[" + ",".join(f"'{CONFIGS / c}'" for c in configs) + "]"
+    overrides = {**(TINY if tiny else {}), "bundle_root": str(root), "dataset_dir": str(root / "data"), **(extra or {})}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", files]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{run_id} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def test_metadata_is_valid_against_the_schema():
+    if not SCHEMA.is_file():
+        pytest.skip(f"MONAI bundle schema not found at {SCHEMA} (../shared is absent)")
+    import jsonschema
+
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
+    for key in ("network_data_format", "teacher_data_format"):
+        fmt = meta[key]
+        assert fmt["inputs"]["image"]["channel_def"] and fmt["inputs"]["image"]["spatial_shape"]
+        assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "vessel"}
+
+
+def test_configs_follow_bundle_conventions():
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    for key in ("bundle_root", "device", "dataset_dir", "network_def", "network", "preprocessing", "run", "training"):
+        assert key in parser, key
+    for key in ("train#trainer", "train#dataset", "train#handlers", "validate#evaluator", "val_interval"):
+        assert key in parser, key
+    assert isinstance(parser["train#handlers"], list)
+    targets = [h.get("_target_", "") for h in parser["train#handlers"]]
+    assert "CheckpointLoader" not in targets, "MONAI Label adds its own loader only when none is present"
+    inference = ConfigParser()
+    inference.read_config(str(CONFIGS / "inference.json"))
+    for key in ("network_def", "preprocessing", "postprocessing", "inferer", "evaluator", "run"):
+        assert key in inference, key
+
+
+@pytest.mark.integration
+def test_training_inference_evaluate(tmp_path):
+    root = tmp_path / "bundle"
+    proc = run_bundle("training", ["train.json"], root)
+    log = proc.stdout + proc.stderr
+    assert "training the teacher first" in log
+    for term in ("loss_seg", "loss_fsd", "loss_asd", "loss_disc"):
+        assert term in log, f"{term} is not logged"
+    model = root / "models" / "model.pt"
+    teachers = list((root / "models" / "teacher").glob("teacher_*.pt"))
+    assert model.is_file() and len(teachers) == 1
+    assert not list((root / "models").glob("teacher*.pt")), "teacher weights must stay out of models/*.pt"
+    state = torch.load(model, weights_only=True)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    student = parser.get_parsed_content("network_def")
+    student.load_state_dict(state)
+    assert sum(p.numel() for p in student.parameters()) < 500_000
+    report = (root / "eval" / "report.csv").read_text().splitlines()
+    assert report[0].startswith("model,dice,params,cpu_latency_ms") and len(report) == 3
+    assert not (root / "models" / "resume" / "student.pt").exists(), "a finished run leaves no resume file"
+    assert list((root / "eval" / "tensorboard" / "student").glob("events.out.tfevents.*"))
+
+    # inference reads the student checkpoint back and writes PNG masks
+    run_bundle("run", ["inference.json"], root, {"input_glob": str(root / "data" / "imagesTr" / "*.png")}, tiny=False)
+    preds = sorted((root / "eval" / "predictions").glob("*_seg.png"))
+    assert len(preds) == 6  # 4 training + 2 validation images, all in imagesTr as in MSD
+    mask = np.asarray(Image.open(preds[0]))
+    assert mask.shape == (128, 128) and set(np.unique(mask)) <= {0, 255}
+
+    # evaluate (overlay on train.json) computes Dice of the same checkpoint
+    run_bundle("evaluating", ["train.json", "evaluate.json"], root)
+    metrics = (root / "eval" / "metrics.csv").read_text()
+    assert "val_mean_dice" in metrics
+    assert len(list((root / "eval" / "evaluate").glob("*_seg.png"))) == 2
+
+
+@pytest.mark.integration
+def test_cached_teacher_is_reused_and_bad_teacher_rejected(tmp_path):
+    root = tmp_path / "bundle"
+    run_bundle("training", ["train.json"], root, {"max_epochs": 1})
+    proc = run_bundle("training", ["train.json"], root, {"max_epochs": 1})
+    log = proc.stdout + proc.stderr
+    assert "reusing the cached teacher" in log and "training the teacher first" not in log
+
+    # the student's checkpoint is not a teacher: one line, non-zero exit, nothing trained
+    bad = run_bundle("training", ["train.json"], root, {"teacher_checkpoint": root / "models" / "model.pt"}, False)
+    assert bad.returncode != 0
+    lines = [line for line in bad.stderr.splitlines() if "lightvessel_monai error" in line]
+    assert len(lines) == 1 and "does not fit BasicUNet" in lines[0] and "model.pt" in lines[0]
+    assert "Traceback" not in bad.stderr
+    assert "Engine run resuming" not in bad.stdout + bad.stderr
