@@ -129,7 +129,8 @@ def main() -> None:
     med = {k: statistics.median(v) * 1000 for k, v in parts.items()}
     raw = sum(med.values())
     step = statistics.median(trainer_times[args.steps :] or trainer_times) * 1000  # first round warms up
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"batch {args.batch} x 1 x {args.size}x{args.size}, {args.rounds} rounds x {args.steps} steps\n")
     print("| part | median (ms) |")
     print("|---|---|")

@@ -10,8 +10,9 @@ import torch
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
-from conftest import REPO, tiny_unet
 from lightvessel_monai.errors import LightVesselError, find_user_error
+
+from conftest import REPO, tiny_unet
 
 TRAIN = str(REPO / "bundle" / "configs" / "train.json")
 
@@ -25,7 +26,10 @@ def png(path, array):
 def datalist(tmp_path, training, validation=None):
     if validation is None:
         validation = [
-            {"image": png(tmp_path / "v.png", np.zeros((64, 64))), "label": png(tmp_path / "vl.png", np.zeros((64, 64)))}
+            {
+                "image": png(tmp_path / "v.png", np.zeros((64, 64))),
+                "label": png(tmp_path / "vl.png", np.zeros((64, 64))),
+            }
         ]
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps({"training": training, "validation": validation}))

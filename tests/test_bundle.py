@@ -111,12 +111,19 @@ def test_training_inference_evaluate(tmp_path):
 
 
 @pytest.mark.integration
-def test_cached_teacher_is_reused_and_bad_teacher_rejected(tmp_path):
+def test_cached_teacher_reproducibility_and_bad_teacher(tmp_path):
     root = tmp_path / "bundle"
     run_bundle("training", ["train.json"], root, {"max_epochs": 1})
+    first = torch.load(root / "models" / "model.pt", weights_only=True)
+    first_report = (root / "eval" / "report.csv").read_text().splitlines()
     proc = run_bundle("training", ["train.json"], root, {"max_epochs": 1})
     log = proc.stdout + proc.stderr
     assert "reusing the cached teacher" in log and "training the teacher first" not in log
+    # same seed, same data, same teacher: the same student, to the last bit
+    second = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    second_report = (root / "eval" / "report.csv").read_text().splitlines()
+    assert [r.split(",")[:3] for r in first_report] == [r.split(",")[:3] for r in second_report]
 
     # the student's checkpoint is not a teacher: one line, non-zero exit, nothing trained
     bad = run_bundle("training", ["train.json"], root, {"teacher_checkpoint": root / "models" / "model.pt"}, False)

@@ -2,7 +2,6 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_unet
 from ignite.engine import Events
 from monai.losses import DiceCELoss
 
@@ -11,6 +10,8 @@ from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 from lightvessel_monai.handlers import AdversarialUpdateHandler, ResumeCheckpoint
 from lightvessel_monai.losses import AdversarialSimilarityDistillation, FeatureSimilarityDistillation
 from lightvessel_monai.networks import SimilarityDiscriminator
+
+from conftest import tiny_unet
 
 TAPS = {"enc1": "conv_0", "dec1": "upcat_1", "enc2": "down_1", "dec2": "upcat_2"}
 
