@@ -10,6 +10,8 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from monai.data.utils import set_rnd
+from monai.utils import set_determinism
 from torch import nn
 
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
@@ -44,6 +46,10 @@ class TeacherStage:
         teacher: the teacher network, used to check an explicit checkpoint's architecture up front.
         evaluator: the teacher's validation evaluator, whose best metric is recorded.
         info: written beside a newly cached checkpoint as JSON, to say what it was trained with.
+        seed: when given, the global RNGs (and the random transforms of ``dataset``) are re-seeded after this
+            stage, so that distillation gives the same numbers whether the teacher was trained in this run
+            or loaded from the cache.
+        dataset: the training dataset whose random transforms are re-seeded with ``seed``.
     """
 
     def __init__(
@@ -55,6 +61,8 @@ class TeacherStage:
         teacher: nn.Module | None = None,
         evaluator: Any = None,
         info: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        dataset: Any = None,
     ) -> None:
         self.trainer = trainer
         self.checkpoint = checkpoint
@@ -63,9 +71,19 @@ class TeacherStage:
         self.teacher = teacher
         self.evaluator = evaluator
         self.info = dict(info or {})
+        self.seed = seed
+        self.dataset = dataset
 
     def ensure(self, force: bool = False) -> str:
         """Return the teacher checkpoint path, training the teacher first if it is not cached (or ``force``)."""
+        path = self._ensure(force)
+        if self.seed is not None:
+            set_determinism(seed=self.seed)
+            if self.dataset is not None:
+                set_rnd(self.dataset, seed=self.seed)
+        return path
+
+    def _ensure(self, force: bool) -> str:
         if self.explicit and force:
             raise ConfigKeyError("teacher_checkpoint is set explicitly: it is never retrained (unset it to train)")
         if self.explicit:
