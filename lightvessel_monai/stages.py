@@ -94,7 +94,10 @@ class TeacherStage:
         if os.path.isfile(self.checkpoint) and not force:
             logger.info(f"reusing the cached teacher {self.checkpoint}")
             return self.checkpoint
-        logger.info(f"no cached teacher at {self.checkpoint}: training the teacher first")
+        if force:
+            logger.info(f"retraining the teacher for {self.checkpoint} (forced)")
+        else:
+            logger.info(f"no cached teacher at {self.checkpoint}: training the teacher first")
         if os.path.isfile(self.best_checkpoint):
             os.remove(self.best_checkpoint)  # a stale best from an interrupted, different run
         self.trainer.run()

@@ -67,6 +67,10 @@ def test_configs_follow_bundle_conventions():
     assert isinstance(parser["train#handlers"], list)
     targets = [h.get("_target_", "") for h in parser["train#handlers"]]
     assert "CheckpointLoader" not in targets, "MONAI Label adds its own loader only when none is present"
+    # a data overlay merges on top of the bundle config
+    merged = ConfigParser()
+    merged.read_config([str(CONFIGS / "train.json"), str(REPO / "configs" / "data" / "synthetic_2d.json")])
+    assert merged["label_values"] == [0, 255] and merged["synthetic"]["size"] == 512
     inference = ConfigParser()
     inference.read_config(str(CONFIGS / "inference.json"))
     for key in ("network_def", "preprocessing", "postprocessing", "inferer", "evaluator", "run"):
@@ -132,3 +136,14 @@ def test_cached_teacher_reproducibility_and_bad_teacher(tmp_path):
     assert len(lines) == 1 and "does not fit BasicUNet" in lines[0] and "model.pt" in lines[0]
     assert "Traceback" not in bad.stderr
     assert "Engine run resuming" not in bad.stdout + bad.stderr
+
+
+@pytest.mark.integration
+def test_train_teacher_overlay_retrains_only_the_teacher(tmp_path):
+    root = tmp_path / "bundle"
+    for _ in range(2):
+        proc = run_bundle("training", ["train.json", "train_teacher.json"], root)
+    assert "retraining the teacher" in proc.stdout + proc.stderr
+    cached = list((root / "models" / "teacher").glob("teacher_*.pt"))
+    assert len(cached) == 1 and (root / "models" / "teacher" / (cached[0].stem + ".json")).is_file()
+    assert not (root / "models" / "model.pt").exists(), "no student is trained"
