@@ -18,6 +18,7 @@ import math
 import os
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 _MAX_LISTED = 5  # unexpected label values listed in a message
 _GZIP_CHUNK = 1 << 24
+_PIXEL_DATA = 0x7FE00010
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: an index, not an image
+_SLICE_TOL_MM = 0.01  # slice positions closer than this are the same position
+_SLICE_TOL_REL = 0.05  # a step between slices may differ from the usual slice spacing by this fraction
 
 
 # --------------------------------------------------------------------------------------------- datalist
@@ -103,6 +108,15 @@ class _Unreadable(Exception):
     """Raised by the readers; ``check_datalist`` turns it into a :class:`DataError` naming the entry."""
 
 
+@dataclass(frozen=True)
+class _Info:
+    """What the readers learn about a file: ``None`` where the format does not tell (DICOM, unknown)."""
+
+    shape: tuple[int, ...] | None = None  # spatial shape, compared across an entry
+    full_shape: tuple[int, ...] | None = None  # every dimension, for the ``spatial_dims`` check
+    affine: np.ndarray | None = None  # voxel-to-world matrix (NIfTI), compared across an entry
+
+
 def _one_line(err: BaseException, limit: int = 200) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -169,27 +183,140 @@ def _nifti_spatial(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def _read_dicom(path: str) -> None:
+    """Read the DICOM headers of a file, or of every file of a folder, which must hold one complete series."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
-    if os.path.isdir(path):
-        files = sorted(e.path for e in os.scandir(path) if e.is_file() and not e.name.startswith("."))
-        if not files:
-            raise _Unreadable("is an empty folder (expected DICOM files)")
-        first = files[0]
-    else:
-        first = path
-    try:
-        pydicom.dcmread(first, stop_before_pixels=True)
-    except Exception as err:
-        raise _Unreadable(f"cannot be read as DICOM ({os.path.basename(first)}: {_one_line(err)})") from None
+    if not os.path.isdir(path):
+        try:
+            pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as err:
+            raise _Unreadable(f"cannot be read as DICOM ({_one_line(err)})") from None
+        return
+    files = sorted(e.path for e in os.scandir(path) if e.is_file() and not e.name.startswith("."))
+    if not files:
+        raise _Unreadable("is an empty folder (expected DICOM files)")
+    headers: list[tuple[str, Any]] = []
+    first_error: str | None = None
+    for file in files:
+        name = os.path.basename(file)
+        if os.path.getsize(file) == 0:
+            raise _Unreadable(f"holds an empty file {name} (0 bytes)")
+        try:
+            # headers only: the pixel data (larger than defer_size) is skipped, its offset and length kept
+            ds = pydicom.dcmread(file, defer_size=1024)
+        except InvalidDicomError as err:  # not DICOM at all (a stray text file): ITK skips it too
+            if name.lower().endswith(_DICOM_SUFFIXES):
+                raise _Unreadable(f"cannot be read as DICOM ({name}: {_one_line(err)})") from None
+            first_error = first_error or f"{name}: {_one_line(err)}"
+            continue
+        except Exception as err:  # DICOM, but truncated or corrupt
+            raise _Unreadable(f"cannot be read as DICOM ({name}: {_one_line(err)})") from None
+        if name.upper() == "DICOMDIR" or str(ds.get("SOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
+            continue
+        _check_dicom_complete(name, ds, os.path.getsize(file))
+        headers.append((name, ds))
+    if not headers:
+        raise _Unreadable(f"cannot be read as DICOM ({first_error or 'it holds only a DICOMDIR'})")
+    _check_dicom_series(headers)
 
 
-def _spatial_shape(path: str) -> tuple[int, ...] | None:
-    """Open ``path``, check that it is complete, and return its spatial shape.
+def _check_dicom_complete(name: str, ds: Any, size: int) -> None:
+    """A DICOM image file cut short: pydicom stops silently at the end of the file, so look for what is missing."""
+    if _PIXEL_DATA not in ds:
+        raise _Unreadable(f"cannot be read as DICOM ({name}: no pixel data; truncated, or not an image)")
+    element = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    start, length = getattr(element, "value_tell", None), getattr(element, "length", None)
+    if isinstance(start, int) and isinstance(length, int) and length != 0xFFFFFFFF and start + length > size:
+        raise _Unreadable(f"cannot be read as DICOM ({name} is truncated: {size} of {start + length} bytes)")
+    if "SeriesInstanceUID" not in ds:
+        raise _Unreadable(f"cannot be read as DICOM ({name}: no SeriesInstanceUID)")
 
-    2D images give ``(H, W)`` (colour channels are not spatial); NIfTI gives its first 3 dims. DICOM
-    and unknown formats are only checked for readability and give ``None`` (no shape comparison).
+
+def _check_dicom_series(headers: list[tuple[str, Any]]) -> None:
+    """One series, slices of one size and orientation, and no missing or duplicate slice positions."""
+    series: dict[str, list[str]] = {}
+    for name, ds in headers:
+        series.setdefault(str(ds.SeriesInstanceUID), []).append(name)
+    if len(series) > 1:
+        listed = ", ".join(f"{uid} ({len(names)} files)" for uid, names in list(series.items())[:3])
+        more = ", ..." if len(series) > 3 else ""
+        raise _Unreadable(
+            f"holds {len(series)} DICOM series (SeriesInstanceUID {listed}{more}) where one series is expected"
+        )
+    sizes = {(int(ds.get("Rows", 0)), int(ds.get("Columns", 0))): name for name, ds in headers}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{r}x{c} in {name}" for (r, c), name in list(sizes.items())[:3])
+        raise _Unreadable(f"has slices of different sizes (rows x columns: {listed})")
+    if len(headers) < 2:
+        return
+
+    if all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in headers):
+        orientation = np.asarray([float(v) for v in headers[0][1].ImageOrientationPatient])
+        for name, ds in headers[1:]:
+            other = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+            if other.shape != orientation.shape or not np.allclose(other, orientation, atol=1e-3):
+                raise _Unreadable(
+                    f"has slices of different orientations (ImageOrientationPatient of {name} differs from "
+                    f"{headers[0][0]})"
+                )
+        normal = np.cross(orientation[:3], orientation[3:6])
+        slices = sorted(
+            (float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)), name) for name, ds in headers
+        )
+        positions = np.asarray([p for p, _ in slices])
+        steps = np.diff(positions)
+        same = np.flatnonzero(steps < _SLICE_TOL_MM)
+        if same.size:
+            i = int(same[0])
+            raise _Unreadable(
+                f"has several slices at the same position ({slices[i][1]} and {slices[i + 1][1]} at "
+                f"{positions[i]:.4g} mm along the slice normal)"
+            )
+        if len(steps) < 2:
+            return
+        spacing = float(np.median(steps))
+        tol = max(_SLICE_TOL_MM, _SLICE_TOL_REL * spacing)
+        odd = np.flatnonzero(np.abs(steps - spacing) > tol)
+        if odd.size:
+            i = int(odd[0])
+            step = float(steps[i])
+            between = f"{slices[i][1]} and {slices[i + 1][1]}"
+            missing = round(step / spacing) - 1
+            if missing >= 1 and abs(step - (missing + 1) * spacing) <= tol * (missing + 1):
+                raise _Unreadable(
+                    f"is missing {missing} slice{'s' if missing > 1 else ''}: a gap of {step:.4g} mm between "
+                    f"{between} where the slice spacing is {spacing:.4g} mm"
+                )
+            raise _Unreadable(
+                f"has non-uniform slice spacing: {step:.4g} mm between {between} where the slice spacing is "
+                f"{spacing:.4g} mm"
+            )
+        return
+
+    # no geometry: fall back on the instance numbers
+    if all("InstanceNumber" in ds and ds.InstanceNumber is not None for _, ds in headers):
+        numbered = sorted((int(ds.InstanceNumber), name) for name, ds in headers)
+        for (a, name_a), (b, name_b) in zip(numbered, numbered[1:], strict=False):
+            if b == a:
+                raise _Unreadable(f"has several slices with InstanceNumber {a} ({name_a} and {name_b})")
+            if b > a + 1:
+                raise _Unreadable(f"is missing slices: InstanceNumber jumps from {a} ({name_a}) to {b} ({name_b})")
+
+
+def _check_not_empty(path: str) -> None:
+    if not os.path.isdir(path) and os.path.getsize(path) == 0:
+        raise _Unreadable("is empty (0 bytes)")
+
+
+def _spatial_shape(path: str) -> _Info:
+    """Open ``path``, check that it is complete, and return its shapes (and affine, for NIfTI).
+
+    2D images give the spatial shape ``(H, W)`` (colour channels are not spatial); NIfTI gives its first
+    3 dims as the spatial shape. DICOM and unknown formats are only checked for readability and give no
+    shape (no shape comparison).
     """
+    _check_not_empty(path)
     kind = _format(path)
     if kind == "pil":
         from PIL import Image
@@ -201,7 +328,7 @@ def _spatial_shape(path: str) -> tuple[int, ...] | None:
                     im.verify()  # reads every chunk and checks its CRC: truncation fails here, without decoding
                 else:
                     im.load()  # decodes the pixels: a truncated or corrupt file fails here
-                return shape
+                return _Info(shape, shape)
         except Exception as err:
             raise _Unreadable(f"cannot be read as an image ({_one_line(err)})") from None
     if kind == "nifti":
@@ -213,17 +340,19 @@ def _spatial_shape(path: str) -> tuple[int, ...] | None:
             size = os.path.getsize(path)
             if size < expected:
                 raise _Unreadable(f"is truncated: {size} of {expected} bytes")
-        return _nifti_spatial(img.shape)
+        return _nifti_info(img)
     if kind in ("dicom", "dicom_dir"):
         _read_dicom(path)
-        return None
-    if os.path.getsize(path) == 0:
-        raise _Unreadable("is empty")
-    return None
+    return _Info()
 
 
-def _read_label(path: str) -> tuple[tuple[int, ...] | None, np.ndarray | None]:
-    """Read a label file: its spatial shape and voxel array (``None`` for DICOM and unknown formats)."""
+def _nifti_info(img: Any) -> _Info:
+    return _Info(_nifti_spatial(img.shape), tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=float))
+
+
+def _read_label(path: str) -> tuple[_Info, np.ndarray | None]:
+    """Read a label file: its shapes and affine, and its voxel array (``None`` for DICOM and unknown formats)."""
+    _check_not_empty(path)
     kind = _format(path)
     if kind == "pil":
         from PIL import Image
@@ -231,7 +360,8 @@ def _read_label(path: str) -> tuple[tuple[int, ...] | None, np.ndarray | None]:
         try:
             with Image.open(path) as im:
                 array = np.asarray(im)  # palette images give their indices, like MONAI's PILReader
-                return (im.height, im.width), array
+                shape = (im.height, im.width)
+                return _Info(shape, shape), array
         except Exception as err:
             raise _Unreadable(f"cannot be read as an image ({_one_line(err)})") from None
     if kind == "nifti":
@@ -240,7 +370,7 @@ def _read_label(path: str) -> tuple[tuple[int, ...] | None, np.ndarray | None]:
             array = np.asanyarray(img.dataobj)  # decompresses everything: truncation fails here
         except Exception as err:
             raise _Unreadable(f"is truncated or corrupt ({_one_line(err)})") from None
-        return _nifti_spatial(img.shape), array
+        return _nifti_info(img), array
     return _spatial_shape(path), None
 
 
@@ -265,15 +395,39 @@ def _fmt_value(value: Any) -> str:
     return str(value)
 
 
+def _strip_singletons(shape: tuple[int, ...], keep: int) -> tuple[int, ...]:
+    """``shape`` without its trailing singleton dims past the first ``keep`` ones."""
+    while len(shape) > keep and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
 def _same_shape(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     """Equal spatial shapes, ignoring trailing singleton dims past the second one ((64, 64, 1) == (64, 64))."""
+    return _strip_singletons(a, 2) == _strip_singletons(b, 2)
 
-    def strip(shape: tuple[int, ...]) -> tuple[int, ...]:
-        while len(shape) > 2 and shape[-1] == 1:
-            shape = shape[:-1]
-        return shape
 
-    return strip(a) == strip(b)
+def _fmt_vector(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def _affine_difference(affine: np.ndarray, reference: np.ndarray, tol: float) -> str | None:
+    """``None`` when the two affines agree within ``tol`` (mm), else a short description of the difference."""
+    if affine.shape == reference.shape and np.allclose(affine, reference, rtol=0.0, atol=tol):
+        return None
+    if affine.shape != reference.shape:
+        return f"shape {affine.shape} vs {reference.shape}"
+    largest = float(np.max(np.abs(affine - reference)))
+    parts = [f"largest difference {largest:.4g} mm (tolerance {tol:g} mm)"]
+    origin, ref_origin = affine[:3, 3], reference[:3, 3]
+    if not np.allclose(origin, ref_origin, rtol=0.0, atol=tol):
+        parts.append(f"origin {_fmt_vector(origin)} vs {_fmt_vector(ref_origin)}")
+    spacing, ref_spacing = np.linalg.norm(affine[:3, :3], axis=0), np.linalg.norm(reference[:3, :3], axis=0)
+    if not np.allclose(spacing, ref_spacing, rtol=0.0, atol=tol):
+        parts.append(f"spacing {_fmt_vector(spacing)} vs {_fmt_vector(ref_spacing)}")
+    elif not np.allclose(affine[:3, :3], reference[:3, :3], rtol=0.0, atol=tol):
+        parts.append("direction differs")
+    return ", ".join(parts)
 
 
 def _fmt_shape(shape: tuple[int, ...]) -> str:
@@ -289,8 +443,14 @@ def check_datalist(
     label_key: str | None = "label",
     label_values: Sequence[int] | None = (0, 1),
     source: str = "datalist",
+    *,
+    spatial_dims: int | None = None,
+    affine_tol: float | None = 1e-3,
 ) -> list[dict]:
     """Check that every entry's files exist, can be read, agree in spatial shape and hold declared labels.
+
+    A DICOM folder must hold one series (one SeriesInstanceUID) whose slices are evenly spaced along the
+    slice normal (no missing or duplicate slices); only the headers are read.
 
     Args:
         datalist: entries such as ``{"image": path, "label": path}``; a value may also be a list of paths
@@ -301,6 +461,11 @@ def check_datalist(
         label_values: the classes a label may hold (e.g. ``(0, 1)``, or ``(0, 255)`` for PNG masks), or
             ``None`` to skip the value check.
         source: names the datalist in messages, e.g. ``"datalist /data/dataset.json key 'training'"``.
+        spatial_dims: the number of dimensions every image and label must have (2 or 3), trailing
+            singleton dims not counted; e.g. ``3`` rejects a 4D NIfTI ``(X, Y, Z, T)`` with ``T > 1``
+            (and a 2D image). ``None`` skips the check.
+        affine_tol: the largest difference (mm) allowed between the voxel-to-world affines of an entry's
+            files (NIfTI), e.g. a label and its image; ``None`` skips the check.
 
     Returns:
         ``datalist`` itself, unchanged.
@@ -317,7 +482,7 @@ def check_datalist(
         raise DataError(f"{source} is empty")
     allowed = sorted(label_values) if label_values is not None else None
     # Files shared by entries (one image with several labels) are read once.
-    shapes: dict[str, tuple[int, ...] | None] = {}
+    infos: dict[str, _Info] = {}
     label_checked: set[str] = set()
 
     for index, entry in enumerate(datalist):
@@ -329,7 +494,7 @@ def check_datalist(
             have = ", ".join(map(str, entry)) or "none"
             raise DataError(f"{where} has no key '{missing[0]}' (keys: {have})")
 
-        reference: tuple[str, str, tuple[int, ...]] | None = None  # (key, file, shape)
+        reference: tuple[str, str, _Info] | None = None  # (key, file, info) of the first file with a shape
         for key in keys:
             value = entry[key]
             paths = value if isinstance(value, (list, tuple)) else [value]
@@ -343,7 +508,7 @@ def check_datalist(
                 try:
                     if key == label_key and allowed is not None:
                         if path not in label_checked:
-                            shape, array = _read_label(path)
+                            info, array = _read_label(path)
                             if array is not None:
                                 bad = _unexpected_values(array, allowed)
                                 if bad:
@@ -353,23 +518,36 @@ def check_datalist(
                                         f"{what} has values {{{listed}{more}}} outside the declared classes "
                                         f"[{', '.join(_fmt_value(v) for v in allowed)}]"
                                     )
-                            shapes[path] = shape
+                            infos[path] = info
                             label_checked.add(path)
-                    elif path not in shapes:
-                        shapes[path] = _spatial_shape(path)
+                    elif path not in infos:
+                        infos[path] = _spatial_shape(path)
                 except _Unreadable as err:
                     raise DataError(f"{what} {err}") from None
                 except OSError as err:  # e.g. permission denied, a folder where a file was expected
                     raise DataError(f"{what} cannot be read ({_one_line(err)})") from None
-                shape = shapes[path]
-                if shape is None:
+                info = infos[path]
+                if spatial_dims is not None and info.full_shape is not None:
+                    dims = _strip_singletons(info.full_shape, spatial_dims)
+                    if len(dims) != spatial_dims:
+                        raise DataError(
+                            f"{what} has {len(dims)} dimensions {_fmt_shape(info.full_shape)} where {spatial_dims} "
+                            "spatial dimensions are expected"
+                        )
+                if info.shape is None:
                     continue
                 if reference is None:
-                    reference = (key, path, shape)
-                elif not _same_shape(reference[2], shape):
-                    ref_key, ref_path, ref_shape = reference
+                    reference = (key, path, info)
+                    continue
+                ref_key, ref_path, ref_info = reference
+                assert ref_info.shape is not None
+                if not _same_shape(ref_info.shape, info.shape):
                     raise DataError(
-                        f"{where}: {key} {path} has spatial shape {_fmt_shape(shape)} but {ref_key} {ref_path} "
-                        f"has {_fmt_shape(ref_shape)}"
+                        f"{what} has spatial shape {_fmt_shape(info.shape)} but {ref_key} {ref_path} "
+                        f"has {_fmt_shape(ref_info.shape)}"
                     )
+                if affine_tol is not None and info.affine is not None and ref_info.affine is not None:
+                    problem = _affine_difference(info.affine, ref_info.affine, affine_tol)
+                    if problem:
+                        raise DataError(f"{what} has a different affine than {ref_key} {ref_path}: {problem}")
     return datalist

@@ -21,12 +21,15 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from lightvessel_monai.data._cache import cache_valid as _cache_valid
+from lightvessel_monai.data._cache import derived_seed as _derived_seed
+from lightvessel_monai.data._cache import write_json_atomic
 
 __all__ = ["generate_angiogram", "make_synthetic_angiograms", "save_overlay_png"]
 
@@ -445,27 +448,6 @@ def save_overlay_png(image: np.ndarray, mask: np.ndarray, path: str | os.PathLik
     return str(path)
 
 
-def _derived_seed(seed: int, index: int) -> int:
-    """Independent per-image seed from (dataset seed, image index)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0])
-
-
-def _cache_valid(datalist_path: Path, generator: dict) -> bool:
-    """True when an existing datalist was written by the same generator parameters and all its files exist."""
-    try:
-        data = json.loads(datalist_path.read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(data, dict) or data.get("generator") != generator:
-        return False
-    root = datalist_path.parent
-    try:
-        items = [item for key in ("training", "validation") for item in data[key]]
-        return all((root / item[k]).is_file() for item in items for k in ("image", "label"))
-    except (KeyError, TypeError):  # hand-edited or foreign datalist: regenerate
-        return False
-
-
 def make_synthetic_angiograms(
     output_dir: str | os.PathLike, num_train: int = 40, num_val: int = 10, size: int = 512, seed: int = 0
 ) -> str:
@@ -531,14 +513,7 @@ def make_synthetic_angiograms(
         "training": entries[:num_train],
         "validation": entries[num_train:],
     }
-    fd, tmp = tempfile.mkstemp(prefix=".dataset.", suffix=".json.tmp", dir=root)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(datalist, f, indent=2)
-        os.replace(tmp, datalist_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(datalist_path, datalist)
     return str(datalist_path)
 
 
