@@ -112,3 +112,24 @@ def test_command_line_gets_one_line_and_non_zero_exit(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("lightvessel_monai error:")]
     assert len(errors) == 1 and "missing.png" in errors[0] and "does not exist" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_4d_volume_where_3d_is_expected(tmp_path):
+    import nibabel as nib
+
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    image = tmp_path / "four_d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 8, 3), np.int16), affine), image)
+    label = tmp_path / "label.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 8), np.uint8), affine), label)
+    path = tmp_path / "dataset.json"
+    entry = {"image": str(image), "label": str(label)}
+    path.write_text(json.dumps({"training": [entry], "validation": [entry]}))
+    overlay = str(REPO / "configs" / "data" / "ct3d.json")
+    overrides = {"bundle_root": str(tmp_path / "bundle"), "datalist_file": str(path)}
+    workflow = ConfigWorkflow(config_file=[TRAIN, overlay], workflow_type="train", **overrides)
+    with pytest.raises(Exception) as info:
+        workflow.initialize()
+    err = find_user_error(info.value)
+    assert err is not None and "four_d.nii.gz" in str(err) and "4 dimensions" in str(err)
+    assert "\n" not in str(err)
