@@ -110,7 +110,8 @@ def main() -> None:
         f"x {parser['samples_per_image']} patches {patch}, DataLoader num_workers {loader.num_workers}"
     )
     print(
-        f"student features {parser['network_def']['features']}, teacher features {parser['teacher_def']['features']}"
+        f"student {parser['network_def']['_target_']}, teacher {parser['teacher_def']['_target_']} "
+        f"{parser['teacher_def'].get('features', '')}"
         f" ({'trained 1 epoch' if args.train_teacher else 'random weights, teacher stage skipped'})"
     )
     print(f"CacheDataset fill: {t_cache:.1f} s, trainer build: {t_build:.1f} s, {args.epochs} epochs: {t_run:.1f} s")

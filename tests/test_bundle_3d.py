@@ -24,7 +24,7 @@ TINY_3D = {
     "asd_warmup": 0,
     "latency_repeats": 1,
     "progress_bar": "False",
-    "network_def#features": "[4,4,8,8,16,4]",
+    "network_def#channels": "[4,8,8,16]",
     "teacher_def#features": "[8,8,16,16,32,8]",
 }
 
@@ -40,7 +40,7 @@ def test_3d_training_and_inference_back_in_the_original_space(tmp_path):
     state = torch.load(root / "models" / "model.pt", weights_only=True)
     assert any(v.ndim == 5 for v in state.values()), "the student is a 3D network"
 
-    overrides = {"dataset_dir": data, "network_def#features": TINY_3D["network_def#features"]}
+    overrides = {"dataset_dir": data, "network_def#channels": TINY_3D["network_def#channels"]}
     run_bundle("run", ["inference.json", OVERLAY], root, overrides, tiny=False)
     images = sorted((data / "imagesTr").glob("*.nii.gz"))
     preds = sorted((root / "eval" / "predictions").glob("*_seg.nii.gz"))
@@ -62,7 +62,8 @@ def test_ct3d_overlay_matches_the_synthetic_pipeline_and_reads_a_user_datalist(t
 
     synthetic = json.loads((REPO / "configs" / "data" / "synthetic_3d.json").read_text())
     ct3d = json.loads((REPO / "configs" / "data" / "ct3d.json").read_text())
-    for key in ("preprocessing", "train_augmentation", "inferer", "postprocessing", "network_def", "teacher_def"):
+    shared = ("preprocessing", "train_augmentation", "inferer", "postprocessing", "network_def", "teacher_def")
+    for key in shared + ("student_taps", "fsd"):
         assert ct3d[key] == synthetic[key], f"{key} differs between ct3d.json and synthetic_3d.json"
 
     # a user's MSD-style dataset (here written by the synthetic generator) through the generic overlay
