@@ -52,6 +52,12 @@ def test_3d_training_and_inference_back_in_the_original_space(tmp_path):
     np.testing.assert_allclose(pred.affine, source.affine, atol=1e-4)
     assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
 
+    # evaluate (overlay on train.json + the same data overlay) reads the student back and writes NIfTI masks
+    configs = ["train.json", "evaluate.json", OVERLAY]
+    run_bundle("evaluating", configs, root, {**TINY_3D, "dataset_dir": data}, tiny=False)
+    assert "val_mean_dice" in (root / "eval" / "metrics.csv").read_text()
+    assert len(list((root / "eval" / "evaluate").glob("*_seg.nii.gz"))) == 1
+
 
 def test_ct3d_overlay_matches_the_synthetic_pipeline_and_reads_a_user_datalist(tmp_path):
     import json
