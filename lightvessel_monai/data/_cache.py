@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -47,3 +48,21 @@ def write_json_atomic(path: Path, data: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def prepare_dataset_dirs(root: Path, names: list[str], file_re: re.Pattern) -> tuple[Path, Path]:
+    """Create ``imagesTr``/``labelsTr``, invalidate the old datalist and drop our stale files not in ``names``.
+
+    The datalist goes first: from here on the folder holds a mix of old and new files, and a killed
+    generation must not look like a valid cache.
+    """
+    img_dir, lbl_dir = root / "imagesTr", root / "labelsTr"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    lbl_dir.mkdir(parents=True, exist_ok=True)
+    (root / "dataset.json").unlink(missing_ok=True)
+    keep = set(names)
+    for folder in (img_dir, lbl_dir):  # our own files left over from a larger previous dataset
+        for stale in folder.iterdir():
+            if file_re.match(stale.name) and stale.name not in keep:
+                stale.unlink()
+    return img_dir, lbl_dir

@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from lightvessel_monai.data._cache import cache_valid as _cache_valid
 from lightvessel_monai.data._cache import derived_seed as _derived_seed
-from lightvessel_monai.data._cache import write_json_atomic
+from lightvessel_monai.data._cache import prepare_dataset_dirs, write_json_atomic
 
 __all__ = ["generate_angiogram", "make_synthetic_angiograms", "save_overlay_png"]
 
@@ -479,18 +479,9 @@ def make_synthetic_angiograms(
         logger.info("reusing synthetic angiograms in %s", root)
         return str(datalist_path)
 
-    img_dir, lbl_dir = root / "imagesTr", root / "labelsTr"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    lbl_dir.mkdir(parents=True, exist_ok=True)
-    # invalidate first: from here on the folder holds a mix of old and new images
-    datalist_path.unlink(missing_ok=True)
     total = num_train + num_val
     names = [f"angio_{i:04d}.png" for i in range(total)]
-    keep = set(names)
-    for folder in (img_dir, lbl_dir):  # drop our own files left over from a larger previous dataset
-        for stale in folder.iterdir():
-            if _FILE_RE.match(stale.name) and stale.name not in keep:
-                stale.unlink()
+    img_dir, lbl_dir = prepare_dataset_dirs(root, names, _FILE_RE)
 
     logger.info("generating %d synthetic angiograms (%dx%d, seed %d) in %s", total, size, size, seed, root)
     entries = []

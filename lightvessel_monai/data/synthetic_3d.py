@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from lightvessel_monai.data._cache import cache_valid, derived_seed, write_json_atomic
+from lightvessel_monai.data._cache import cache_valid, derived_seed, prepare_dataset_dirs, write_json_atomic
 from lightvessel_monai.data.synthetic_2d import _murray_children
 
 __all__ = ["ct_affine", "generate_ct_volume", "make_synthetic_ct"]
@@ -471,18 +471,9 @@ def make_synthetic_ct(
         logger.info("reusing synthetic CT volumes in %s", root)
         return str(datalist_path)
 
-    img_dir, lbl_dir = root / "imagesTr", root / "labelsTr"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    lbl_dir.mkdir(parents=True, exist_ok=True)
-    # invalidate first: from here on the folder holds a mix of old and new volumes
-    datalist_path.unlink(missing_ok=True)
     total = num_train + num_val
     names = [f"ct_{i:04d}.nii.gz" for i in range(total)]
-    keep = set(names)
-    for folder in (img_dir, lbl_dir):  # drop our own files left over from a larger previous dataset
-        for stale in folder.iterdir():
-            if _FILE_RE.match(stale.name) and stale.name not in keep:
-                stale.unlink()
+    img_dir, lbl_dir = prepare_dataset_dirs(root, names, _FILE_RE)
 
     logger.info("generating %d synthetic CT volumes (%s, spacing %s, seed %d) in %s", total, shape, spacing, seed, root)
     affine = ct_affine(shape, spacing)
