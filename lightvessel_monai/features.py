@@ -9,14 +9,14 @@ stores the output of each module on every forward pass, so that distillers can r
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
 
-__all__ = ["FeatureTaps", "resolve_module", "check_taps"]
+__all__ = ["FeatureTaps", "resolve_module", "check_taps", "tap_channels"]
 
 
 def resolve_module(network: nn.Module, path: str, what: str = "tap") -> nn.Module:
@@ -46,8 +46,9 @@ def check_taps(
     taps = dict(taps or {})
     for name, path in taps.items():
         resolve_module(network, path, what=f"{what} '{name}'")
+    attribute = "required_teacher_taps" if what.startswith("teacher") else "required_student_taps"
     for distiller_name, module in (distillers or {}).items():
-        for tap in getattr(module, "required_taps", ()):
+        for tap in getattr(module, attribute, getattr(module, "required_taps", ())):
             if tap not in taps:
                 raise ConfigKeyError(f"distiller '{distiller_name}' needs {what} '{tap}', declared: {sorted(taps)}")
 
@@ -96,3 +97,27 @@ class FeatureTaps:
 
     def __len__(self) -> int:
         return len(self.taps)
+
+
+def tap_channels(network: nn.Module, taps: Mapping[str, str] | None, input_shape: Sequence[int]) -> dict[str, int]:
+    """Channel count of every tap, found with one forward pass of zeros of ``input_shape`` (``[1, C_in, *spatial]``).
+
+    Lets a config size 1x1 adapters and side heads from the taps it declares, e.g.
+    ``"$lightvessel_monai.features.tap_channels(@network, @student_taps, [1, @in_channels] + @patch_size)"``.
+    The network's train/eval mode is restored afterwards.
+    """
+    taps = dict(taps or {})
+    if not taps:
+        return {}
+    probe = FeatureTaps(network, taps)
+    was_training = network.training
+    try:
+        param = next(network.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        network.eval()
+        with torch.no_grad():
+            network(torch.zeros(*[int(s) for s in input_shape], device=device))
+        return {name: int(probe.features[name].shape[1]) for name in taps}
+    finally:
+        probe.remove()
+        network.train(was_training)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from torch import nn
 
 from lightvessel_monai.errors import CheckpointMismatchError
 
-__all__ = ["load_state_dict_checked", "loss_terms", "find_bundle_root"]
+__all__ = ["load_state_dict_checked", "loss_terms", "find_bundle_root", "training_state"]
 
 
 def _unwrap_state_dict(obj: Any) -> Mapping[str, torch.Tensor] | None:
@@ -79,3 +79,23 @@ def find_bundle_root(default: str = ".") -> str:
     if (candidate / "configs" / "metadata.json").is_file():
         return str(candidate)
     return default
+
+
+def training_state(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    distillers: Mapping[str, nn.Module] | None = None,
+    handlers: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """The ``save_dict`` of a resumable distillation run.
+
+    It holds the student, its optimiser, every distiller (adapters, side heads, critics, self-teachers) and
+    every method handler that has a ``state_dict`` (a critic's optimiser, a self-teacher's schedule).
+    """
+    state: dict[str, Any] = {"network": network, "optimizer": optimizer}
+    if distillers:
+        state["distillers"] = nn.ModuleDict(dict(distillers))
+    for index, handler in enumerate(handlers):
+        if callable(getattr(handler, "state_dict", None)) and callable(getattr(handler, "load_state_dict", None)):
+            state[f"handler_{index}_{type(handler).__name__}"] = handler
+    return state

@@ -32,7 +32,7 @@ class DistillationTrainer(SupervisedTrainer):
 
     ``engine.state.output`` holds, besides the usual ``image``/``label``/``pred``/``loss``, one entry
     ``loss_<name>`` per term (``loss_seg`` and the *unweighted* distiller values). ``engine.state.distill``
-    keeps the detached label and teacher/student logits of the last iteration for handlers such as
+    keeps the detached image, label and teacher/student logits of the last iteration for handlers such as
     :class:`~lightvessel_monai.handlers.AdversarialUpdateHandler`.
 
     Args:
@@ -125,6 +125,7 @@ class DistillationTrainer(SupervisedTrainer):
             total = total + self.distiller_weights[name] * value
         output.update(terms)
         self.state.distill = {
+            "image": output[Keys.IMAGE].detach(),
             "label": label.detach(),
             "student_pred": pred.detach(),
             "teacher_pred": teacher_pred,

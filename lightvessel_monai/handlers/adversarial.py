@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 class AdversarialUpdateHandler:
-    """Discriminator update of ASD, attached to a :class:`~lightvessel_monai.engines.DistillationTrainer`.
+    """Critic update of an adversarial distiller (ASD, SKD's holistic term) in a ``DistillationTrainer``.
 
     After the student's forward/backward (``IterationEvents.MODEL_COMPLETED``) it takes the detached
     teacher/student predictions that the trainer keeps in ``engine.state.distill``, builds the real and
@@ -70,7 +70,9 @@ class AdversarialUpdateHandler:
         cached = getattr(engine.state, "distill", None)
         if not cached or cached.get("teacher_pred") is None:
             raise RuntimeError("AdversarialUpdateHandler needs a DistillationTrainer with a teacher")
-        real, fake = self.adversarial.critic_inputs(cached["label"], cached["teacher_pred"], cached["student_pred"])
+        real, fake = self.adversarial.critic_inputs(
+            cached["label"], cached["teacher_pred"], cached["student_pred"], image=cached.get("image")
+        )
         self.last_loss = self.step(real, fake)
         output = engine.state.output
         for item in output if isinstance(output, list) else [output]:

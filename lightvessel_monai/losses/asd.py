@@ -93,20 +93,31 @@ class AdversarialSimilarityDistillation(Distiller):
         self.gp_weight = gp_weight
         self.warmup_iterations = warmup_iterations
 
+    external_modules = ("discriminator",)
+
+    def critic_map(self, pred: torch.Tensor, label: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """What the critic judges for one prediction: here ``correlation(label, pred)``.
+
+        Subclasses (e.g. the holistic term of SKD) override this to condition the critic on something else.
+        """
+        return correlation_map(label, pred, self.correlation, self.activation)
+
     def critic_inputs(
-        self, label: torch.Tensor, teacher_pred: torch.Tensor, student_pred: torch.Tensor
+        self,
+        label: torch.Tensor,
+        teacher_pred: torch.Tensor,
+        student_pred: torch.Tensor,
+        image: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(real, fake) correlation maps: the teacher's and the student's."""
-        real = correlation_map(label, teacher_pred, self.correlation, self.activation)
-        fake = correlation_map(label, student_pred, self.correlation, self.activation)
-        return real, fake
+        """(real, fake) critic inputs: the teacher's map and the student's."""
+        return self.critic_map(teacher_pred, label, image), self.critic_map(student_pred, label, image)
 
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:
         if inputs.teacher_pred is None:
-            raise ValueError("ASD needs a teacher prediction (teacher_pred is None)")
+            raise ValueError(f"{type(self).__name__} needs a teacher prediction (teacher_pred is None)")
         if self.warmup_iterations and inputs.iteration <= self.warmup_iterations:
             return inputs.student_pred.new_zeros(())
-        fake = correlation_map(inputs.label, inputs.student_pred, self.correlation, self.activation)
+        fake = self.critic_map(inputs.student_pred, inputs.label, inputs.image)
         with frozen(self.discriminator):
             return generator_loss(self.discriminator(fake), self.gan_loss)
 

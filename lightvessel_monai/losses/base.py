@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-__all__ = ["DistillationInputs", "Distiller"]
+__all__ = ["DistillationInputs", "Distiller", "student_parameters"]
 
 
 @dataclass
@@ -38,11 +39,53 @@ class DistillationInputs:
 class Distiller(nn.Module):
     """A distillation term: ``forward(inputs: DistillationInputs) -> scalar tensor``.
 
-    Subclasses name the taps they need in :attr:`required_taps`, so the trainer can check at start-up
-    that the teacher and student configs declare them.
+    Subclasses name the taps they read in :attr:`required_teacher_taps` and :attr:`required_student_taps`
+    (both default to :attr:`required_taps`), so that missing taps are a config error at start-up.
+
+    Parameters of a distiller (1x1 adapters, side heads) are trained with the student: they are returned by
+    :meth:`trainable_parameters`, which :func:`student_parameters` hands to the student's optimiser. They are
+    not part of the student network and are never exported. Sub-modules listed in :attr:`external_modules`
+    (an adversarial critic, a self-teacher) are updated elsewhere, by a handler, and are left out.
     """
 
     required_taps: tuple[str, ...] = ()
+    external_modules: tuple[str, ...] = ()
+
+    @property
+    def required_teacher_taps(self) -> tuple[str, ...]:
+        return tuple(self.required_taps)
+
+    @property
+    def required_student_taps(self) -> tuple[str, ...]:
+        return tuple(self.required_taps)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters optimised together with the student (everything but :attr:`external_modules`)."""
+        external = set()
+        for name in self.external_modules:
+            module = getattr(self, name, None)
+            if isinstance(module, nn.Module):
+                external.update(id(p) for p in module.parameters())
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in external]
 
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def student_parameters(network: nn.Module, distillers: Mapping[str, nn.Module] | None = None) -> list[nn.Parameter]:
+    """The student's parameters followed by the trainable parameters of every distiller, without duplicates.
+
+    Use it as the ``params`` of the student optimiser, so that adapters and side heads learn with the student.
+    """
+    params: list[nn.Parameter] = []
+    seen: set[int] = set()
+    groups = [list(network.parameters())]
+    for module in (distillers or {}).values():
+        get = getattr(module, "trainable_parameters", None)
+        groups.append(list(get()) if callable(get) else [p for p in module.parameters() if p.requires_grad])
+    for group in groups:
+        for p in group:
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    return params

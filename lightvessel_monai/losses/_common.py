@@ -1,0 +1,135 @@
+"""Building blocks shared by the distillers: class distributions, soft KL, resizing, attention maps, tap pairs.
+
+Every function is dimension-agnostic: tensors are ``(B, C, H, W)`` in 2D or ``(B, C, D, H, W)`` in 3D.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.utils import one_hot
+
+from lightvessel_monai.errors import ConfigKeyError
+
+__all__ = [
+    "ACTIVATIONS",
+    "attention_map",
+    "class_probabilities",
+    "label_to_onehot",
+    "resize_to",
+    "soft_kl",
+    "tap_pairs",
+]
+
+ACTIVATIONS = ("softmax", "sigmoid")
+_LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got '{activation}'")
+
+
+def class_probabilities(logits: torch.Tensor, activation: str = "softmax", temperature: float = 1.0) -> torch.Tensor:
+    """``softmax(logits / T)`` over channels (multi-class head) or ``sigmoid(logits / T)`` (binary/multi-label head).
+
+    Computed in float32 (or the input's precision if higher), also under autocast.
+    """
+    _check_activation(activation)
+    z = logits.float() / temperature if logits.dtype in (torch.float16, torch.bfloat16) else logits / temperature
+    return torch.softmax(z, dim=1) if activation == "softmax" else torch.sigmoid(z)
+
+
+def soft_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    activation: str = "softmax",
+    scale_by_t2: bool = True,
+) -> torch.Tensor:
+    r"""Pixel-wise ``KL(p_t || p_s)`` of temperature-softened class distributions, averaged over pixels and batch.
+
+    ``softmax``: :math:`\sum_k p^t_k (\log p^t_k - \log p^s_k)` per pixel. ``sigmoid``: every channel is a
+    Bernoulli distribution; the per-channel binary KLs are summed per pixel. The mean over ``B x N`` pixels is
+    multiplied by ``T^2`` (Hinton et al.) so that gradients keep their magnitude when ``T`` changes.
+
+    Args:
+        student_logits: ``(B, K, H, W)`` or ``(B, K, D, H, W)``, with autograd graph.
+        teacher_logits: same shape; treated as a constant (detached).
+    """
+    _check_activation(activation)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            "student and teacher logits differ in shape: "
+            f"{tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}"
+        )
+    t = temperature
+    s = student_logits.float() / t
+    q = teacher_logits.detach().float() / t
+    if activation == "softmax":
+        log_ps, log_pt = F.log_softmax(s, dim=1), F.log_softmax(q, dim=1)
+        per_pixel = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
+    else:
+        # log sigma(x) = -softplus(-x), log(1 - sigma(x)) = -softplus(x): stable for large |x|
+        pt = torch.sigmoid(q)
+        kl = pt * (F.softplus(-s) - F.softplus(-q)) + (1 - pt) * (F.softplus(s) - F.softplus(q))
+        per_pixel = kl.sum(dim=1)
+    loss = per_pixel.mean()
+    return loss * (t * t) if scale_by_t2 else loss
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int], mode: str = "linear") -> torch.Tensor:
+    """Resize the spatial dims of ``x`` to ``size``; a no-op when already there.
+
+    ``mode``: ``"linear"`` (bi/trilinear, ``align_corners=False``), ``"area"`` (average over the covered region,
+    used for soft label masks so that thin vessels survive downsampling) or ``"nearest"``.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[2:]) == size:
+        return x
+    if mode == "linear":
+        return F.interpolate(x, size=size, mode=_LINEAR[x.ndim - 2], align_corners=False)
+    if mode in ("area", "nearest"):
+        return F.interpolate(x, size=size, mode=mode)
+    raise ValueError(f"resize mode must be 'linear', 'area' or 'nearest', got '{mode}'")
+
+
+def label_to_onehot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(B, 1, ...)`` class indices or ``(B, K, ...)`` one-hot -> float one-hot ``(B, K, ...)``."""
+    if label.shape[1] == 1 and num_classes > 1:
+        return one_hot(label.long(), num_classes, dim=1).float()
+    if label.shape[1] != num_classes:
+        raise ValueError(f"label has {label.shape[1]} channels, expected 1 (indices) or {num_classes} (one-hot)")
+    return label.float()
+
+
+def attention_map(feature: torch.Tensor, p: float = 2.0, eps: float = 1e-12) -> torch.Tensor:
+    """Spatial attention ``normalise(mean_c |F_c|^p)`` (Zagoruyko & Komodakis, ICLR 2017).
+
+    ``(B, C, *spatial) -> (B, 1, *spatial)``, L2-normalised over the positions of each sample. Computed in float32.
+    """
+    a = feature.float().abs().pow(p).mean(dim=1, keepdim=True)
+    norm = a.flatten(1).norm(p=2, dim=1).clamp_min(eps)
+    return a / norm.view(-1, *([1] * (a.ndim - 1)))
+
+
+def tap_pairs(spec: Sequence[str | Sequence[str]], what: str) -> list[tuple[str, str]]:
+    """Config ``["dec1", ["t_name", "s_name"], ...]`` -> ``[(teacher_tap, student_tap), ...]``.
+
+    A bare name reads the tap of that name in both networks.
+    """
+    pairs: list[tuple[str, str]] = []
+    for item in spec:
+        if isinstance(item, str):
+            pairs.append((item, item))
+        elif isinstance(item, Sequence) and len(item) == 2 and all(isinstance(n, str) for n in item):
+            pairs.append((item[0], item[1]))
+        else:
+            raise ConfigKeyError(
+                f"{what}: each entry must be a tap name or a [teacher_tap, student_tap] pair, got {item!r}"
+            )
+    if not pairs:
+        raise ConfigKeyError(f"{what}: at least one tap is needed")
+    return pairs
