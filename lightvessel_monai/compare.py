@@ -1,0 +1,427 @@
+"""Compare distillation methods side by side: same teacher, data split, seeds and iteration budget.
+
+Usage::
+
+    python -m lightvessel_monai.compare --data configs/data/drive.json \\
+        --methods none,kd,at,cwd,skd,emkd,dskd,lightvessel --seeds 0,1,2 --budget 240 --output_dir runs/compare_drive
+
+For every method (``configs/methods/<name>.json``) and seed the student is trained in this process from the
+bundle config ``bundle/configs/train.json`` + the data overlay + the method overlay, for ``ceil(budget / iterations
+per epoch)`` epochs, with the one shared teacher checkpoint (trained first, by the bundle's teacher stage, when no
+cached one matches). The final weights (no checkpoint selection on the held-out split) are evaluated on the
+validation split of the datalist: Dice, IoU, sensitivity, specificity, accuracy, clDice and HD95, inside the
+data overlay's ``eval_mask_key`` (the DRIVE field of view) when set.
+
+Outputs, all under ``--output_dir``: ``results.md`` and ``results.csv`` (mean ± std over seeds, with parameters,
+FLOPs and CPU latency), ``runs.csv`` (one row per run), ``dice.png`` (bar chart), ``overlays/case_<i>.png``, and per
+run ``runs/<method>_seed<k>/`` with ``model.pt`` and ``result.json``. A run whose ``result.json`` matches the
+requested settings is not repeated, so an interrupted comparison resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+
+from lightvessel_monai.errors import ConfigKeyError, find_user_error
+from lightvessel_monai.evaluation import count_flops, evaluate_cases, mean_over_cases, summarise
+from lightvessel_monai.figures import dice_bar_chart, middle_slice, overlay_grid
+from lightvessel_monai.networks import count_parameters
+from lightvessel_monai.report import cpu_latency_ms
+from lightvessel_monai.utils import load_state_dict_checked
+
+__all__ = ["main", "compare", "method_config"]
+
+logger = logging.getLogger("lightvessel_monai.compare")
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_CONFIG = REPO / "bundle" / "configs" / "train.json"
+METHODS_DIR = REPO / "configs" / "methods"
+METRICS = ("dice", "iou", "sensitivity", "specificity", "accuracy", "cldice", "hd95")
+NEVER_STEP = 10**9  # a validation interval that never fires: runs are evaluated once, after the budget
+
+
+def method_config(name: str) -> Path:
+    """``configs/methods/<name>.json``; an unknown name is a one-line error listing the known ones."""
+    path = METHODS_DIR / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in METHODS_DIR.glob("*.json"))
+        raise ConfigKeyError(f"--methods: unknown method '{name}' (no {path}); known: {', '.join(known)}")
+    return path
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: JSON when it parses (numbers, lists, booleans, null), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def build_parser(configs: Sequence[str | os.PathLike], overrides: Mapping[str, Any]) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(c) for c in configs])
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def _fingerprint(payload: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic_json(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _model_facts(network: torch.nn.Module, input_shape: Sequence[int], latency_repeats: int) -> dict[str, float]:
+    return {
+        "params": count_parameters(network),
+        "gflops": round(count_flops(network, input_shape) / 1e9, 3),
+        "cpu_latency_ms": round(cpu_latency_ms(network, input_shape, repeats=latency_repeats), 1),
+    }
+
+
+class Comparison:
+    """The shared state of one comparison: configs, overrides, the teacher checkpoint and the output folder."""
+
+    def __init__(
+        self,
+        data_config: str | os.PathLike | None,
+        output_dir: str | os.PathLike,
+        budget: int,
+        overrides: Mapping[str, Any] | None = None,
+        keep_predictions: int = 2,
+        latency_repeats: int = 5,
+    ) -> None:
+        if budget < 1:
+            raise ConfigKeyError(f"--budget must be a positive number of iterations, got {budget}")
+        self.base_configs = [TRAIN_CONFIG] + ([Path(data_config)] if data_config else [])
+        for path in self.base_configs:
+            if not Path(path).is_file():
+                raise ConfigKeyError(f"config file {path} does not exist")
+        self.output_dir = Path(output_dir).resolve()
+        self.budget = int(budget)
+        self.overrides = dict(overrides or {})
+        self.keep_predictions = keep_predictions
+        self.latency_repeats = latency_repeats
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------------------------------ the teacher
+
+    def prepare_teacher(self) -> dict[str, Any]:
+        """Train (or reuse) the shared teacher and evaluate it like the students."""
+        parser = build_parser(self.base_configs, {**self.overrides, "progress_bar": False})
+        parser.get_parsed_content("initialize")
+        checkpoint = parser.get_parsed_content("teacher_stage").ensure()
+        self.teacher_checkpoint = str(Path(checkpoint).resolve())
+        datalist = parser.get_parsed_content("train#datalist")
+        batch_size = int(parser.get_parsed_content("batch_size"))
+        self.iterations_per_epoch = math.ceil(len(datalist) / batch_size)
+        self.max_epochs = max(1, math.ceil(self.budget / self.iterations_per_epoch))
+        self.input_shape = [1, int(parser.get_parsed_content("in_channels"))] + list(
+            parser.get_parsed_content("image_size")
+        )
+        self.mask_key = parser.get("eval_mask_key", None)
+        teacher = parser.get_parsed_content("teacher")
+        load_state_dict_checked(teacher, self.teacher_checkpoint, what="teacher")
+        rows, preds = self._evaluate(parser, teacher)
+        self.cases = self._case_images(parser)
+        result = {
+            "method": "teacher",
+            "checkpoint": self.teacher_checkpoint,
+            "metrics": mean_over_cases(rows),
+            "cases": rows,
+            **_model_facts(teacher, self.input_shape, self.latency_repeats),
+        }
+        self.teacher_predictions = preds
+        _atomic_json(self.output_dir / "teacher.json", result)
+        return result
+
+    def _evaluate(self, parser: ConfigParser, network: torch.nn.Module) -> tuple[list[dict], list[np.ndarray]]:
+        return evaluate_cases(
+            network,
+            parser.get_parsed_content("validate#dataloader"),
+            device=parser.get_parsed_content("device"),
+            inferer=parser.get_parsed_content("validate#inferer"),
+            num_classes=int(parser.get_parsed_content("num_classes")),
+            mask_key=self.mask_key,
+            keep_predictions=self.keep_predictions,
+        )
+
+    def _case_images(self, parser: ConfigParser) -> list[dict[str, np.ndarray]]:
+        """Image, label and mask of the first validation cases, for the overlay figures."""
+        cases = []
+        for batch in parser.get_parsed_content("validate#dataloader"):
+            for i in range(batch["image"].shape[0]):
+                if len(cases) == self.keep_predictions:
+                    return cases
+                case = {"image": np.asarray(batch["image"][i, 0]), "label": np.asarray(batch["label"][i, 0])}
+                if self.mask_key:
+                    case["mask"] = np.asarray(batch[self.mask_key][i, 0])
+                cases.append(case)
+        return cases
+
+    # ------------------------------------------------------------------------------------------- one run
+
+    def run(self, method: str, seed: int) -> dict[str, Any]:
+        """Train one student (or reuse a finished run with the same settings) and evaluate it."""
+        method_file = method_config(method)
+        run_dir = self.output_dir / "runs" / f"{method}_seed{seed}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "configs": [str(p) for p in self.base_configs + [method_file]],
+            "method_config": json.loads(method_file.read_text()),
+            "overrides": self.overrides,
+            "seed": seed,
+            "max_epochs": self.max_epochs,
+            "teacher": self.teacher_checkpoint,
+        }
+        key = _fingerprint(settings)
+        result_file = run_dir / "result.json"
+        if result_file.is_file():
+            previous = json.loads(result_file.read_text())
+            if previous.get("fingerprint") == key:
+                logger.info(f"{method} seed {seed}: finished before, reusing {result_file}")
+                return previous
+        overrides = {
+            **self.overrides,
+            "seed": seed,
+            "teacher_checkpoint": self.teacher_checkpoint,
+            "max_epochs": self.max_epochs,
+            "val_interval": NEVER_STEP,
+            "progress_bar": False,
+            "ckpt_dir": str(run_dir / "models"),
+            "resume_dir": str(run_dir / "resume"),
+            "output_dir": str(run_dir / "eval"),
+        }
+        parser = build_parser(settings["configs"], overrides)
+        start = time.perf_counter()
+        parser.get_parsed_content("initialize")
+        trainer = parser.get_parsed_content("train#trainer")
+        trainer.run()
+        train_seconds = time.perf_counter() - start
+        network = parser.get_parsed_content("network")
+        tmp = run_dir / "model.pt.tmp"
+        torch.save(network.state_dict(), tmp)
+        os.replace(tmp, run_dir / "model.pt")
+        rows, preds = self._evaluate(parser, network)
+        for index, pred in enumerate(preds):
+            np.save(run_dir / f"prediction_{index}.npy", pred)
+        final_losses = {k: float(v) for k, v in trainer.state.output.items() if k.startswith("loss")}
+        result = {
+            "method": method,
+            "seed": seed,
+            "fingerprint": key,
+            "iterations": int(trainer.state.iteration),
+            "train_seconds": round(train_seconds, 1),
+            "metrics": mean_over_cases(rows),
+            "cases": rows,
+            "final_losses": final_losses,
+            "teacher_checkpoint": self.teacher_checkpoint,
+            **_model_facts(network, self.input_shape, self.latency_repeats),
+        }
+        _atomic_json(result_file, result)
+        return result
+
+    # ------------------------------------------------------------------------------------------ outputs
+
+    def write_outputs(self, teacher: dict[str, Any], results: Sequence[dict[str, Any]], methods: Sequence[str]) -> None:
+        with open(self.output_dir / "runs.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["method", "seed", "iterations", "train_seconds", *METRICS])
+            for r in results:
+                writer.writerow(
+                    [r["method"], r["seed"], r["iterations"], r["train_seconds"]]
+                    + [round(r["metrics"][m], 4) for m in METRICS]
+                )
+        table: list[dict[str, Any]] = []
+        for name in ["teacher", *methods]:
+            runs = [teacher] if name == "teacher" else [r for r in results if r["method"] == name]
+            row: dict[str, Any] = {"model": name, "seeds": len(runs) if name != "teacher" else "-"}
+            for metric in METRICS:
+                row[f"{metric}_mean"], row[f"{metric}_std"] = summarise([r["metrics"][metric] for r in runs])
+            for fact in ("params", "gflops", "cpu_latency_ms"):
+                row[fact] = runs[0][fact]
+            row["iterations"] = runs[0].get("iterations", "-")
+            table.append(row)
+        with open(self.output_dir / "results.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+        (self.output_dir / "results.md").write_text(self._markdown(table))
+        students = [row for row in table if row["model"] != "teacher"]
+        dice_bar_chart(
+            {row["model"]: row["dice_mean"] for row in students},
+            {row["model"]: row["dice_std"] for row in students},
+            str(self.output_dir / "dice.png"),
+            reference=table[0]["dice_mean"],
+        )
+        self._overlays(teacher, results, methods)
+
+    def _markdown(self, table: Sequence[dict[str, Any]]) -> str:
+        def cell(row: Mapping[str, Any], metric: str) -> str:
+            mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+            if not math.isfinite(mean):
+                return "n/a"
+            digits = 2 if metric == "hd95" else 4
+            return f"{mean:.{digits}f} ± {std:.{digits}f}" if row["model"] != "teacher" else f"{mean:.{digits}f}"
+
+        header = ["model", "seeds", "Dice", "IoU", "sensitivity", "specificity", "accuracy", "clDice", "HD95 (px)"]
+        header += ["params", "GFLOPs", "CPU ms", "iterations"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in table:
+            cells = [row["model"], str(row["seeds"])] + [cell(row, m) for m in METRICS]
+            cells += [
+                f"{row['params']:,}",
+                f"{row['gflops']:.2f}",
+                f"{row['cpu_latency_ms']:.1f}",
+                str(row["iterations"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        where = f" inside `{self.mask_key}`" if self.mask_key else ""
+        shape = "x".join(str(s) for s in self.input_shape[2:])
+        lines += [
+            "",
+            f"Mean ± sample std over seeds of the per-run mean over held-out cases{where}; "
+            "the teacher is one checkpoint. "
+            f"FLOPs and CPU latency (median of {self.latency_repeats}, {torch.get_num_threads()} threads) for one "
+            f"{shape} input. Every student: {self.max_epochs} epochs x {self.iterations_per_epoch} iterations.",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _overlays(self, teacher: dict[str, Any], results: Sequence[dict[str, Any]], methods: Sequence[str]) -> None:
+        first_seed = {}
+        for r in results:
+            first_seed.setdefault(r["method"], r)
+        for index, case in enumerate(self.cases):
+            predictions = {"teacher": middle_slice(self.teacher_predictions[index])}
+            scores = {"teacher": teacher["cases"][index]["dice"]}
+            for name in methods:
+                r = first_seed.get(name)
+                path = self.output_dir / "runs" / f"{name}_seed{r['seed']}" / f"prediction_{index}.npy" if r else None
+                if path is not None and path.is_file():
+                    predictions[f"{name} (seed {r['seed']})"] = middle_slice(np.load(path))
+                    scores[f"{name} (seed {r['seed']})"] = r["cases"][index]["dice"]
+            mask = middle_slice(case["mask"]) if "mask" in case else None
+            overlay_grid(
+                middle_slice(case["image"]),
+                middle_slice(case["label"]),
+                predictions,
+                str(self.output_dir / "overlays" / f"case_{index}.png"),
+                mask=mask,
+                scores=scores,
+            )
+
+
+def compare(
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    budget: int,
+    output_dir: str | os.PathLike,
+    data_config: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    keep_predictions: int = 2,
+    latency_repeats: int = 5,
+) -> Path:
+    """Run the comparison and write its tables and figures; returns the path of ``results.md``."""
+    for name in methods:
+        method_config(name)  # fail before any training on a typo
+    comparison = Comparison(data_config, output_dir, budget, overrides, keep_predictions, latency_repeats)
+    teacher = comparison.prepare_teacher()
+    print(f"teacher: Dice {teacher['metrics']['dice']:.4f} ({comparison.teacher_checkpoint})", flush=True)
+    results = []
+    for name in methods:
+        for seed in seeds:
+            result = comparison.run(name, seed)
+            results.append(result)
+            print(
+                f"{name} seed {seed}: Dice {result['metrics']['dice']:.4f}, "
+                f"{result['iterations']} iterations in {result['train_seconds']:.0f} s",
+                flush=True,
+            )
+    comparison.write_outputs(teacher, results, methods)
+    print((comparison.output_dir / "results.md").read_text(), flush=True)
+    return comparison.output_dir / "results.md"
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightvessel_monai.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data", default=None, help="data overlay, e.g. configs/data/drive.json (default: synthetic 2D)"
+    )
+    parser.add_argument("--methods", default="none,kd,at,cwd,skd,emkd,dskd,lightvessel", help="comma-separated")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
+    parser.add_argument(
+        "--budget", type=int, required=True, help="training iterations per student (rounded up to epochs)"
+    )
+    parser.add_argument("--output_dir", default="runs/compare", help="everything is written under this folder")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, e.g. --set teacher_train#settings#max_epochs=20 (repeatable)",
+    )
+    parser.add_argument("--overlays", type=int, default=2, help="validation cases drawn in overlays/")
+    parser.add_argument("--latency_repeats", type=int, default=5)
+    parser.add_argument("--verbose", action="store_true", help="show the trainers' per-iteration logs")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)
+    overrides = {}
+    for item in args.sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"lightvessel_monai error: --set expects KEY=VALUE, got '{item}'", file=sys.stderr)
+            return 2
+        overrides[key] = parse_value(value)
+    try:
+        seeds = [int(s) for s in _split(args.seeds)]
+    except ValueError:
+        print(f"lightvessel_monai error: --seeds must be comma-separated integers, got '{args.seeds}'", file=sys.stderr)
+        return 2
+    try:
+        compare(
+            _split(args.methods),
+            seeds,
+            args.budget,
+            args.output_dir,
+            args.data,
+            overrides,
+            keep_predictions=args.overlays,
+            latency_repeats=args.latency_repeats,
+        )
+    except Exception as error:  # a user-fixable error anywhere in the chain is one line; others keep the traceback
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        print(f"lightvessel_monai error: {user_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Held-out evaluation of one segmentation network: per-case metrics, model size, FLOPs and CPU latency."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import decollate_batch
+from monai.inferers import Inferer, SimpleInferer
+from monai.transforms import AsDiscrete
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightvessel_monai.metrics.segmentation import segmentation_metrics
+
+__all__ = ["count_flops", "evaluate_cases", "summarise"]
+
+
+@torch.no_grad()
+def count_flops(network: nn.Module, input_shape: Sequence[int]) -> int:
+    """Floating-point operations of one forward pass on an input of ``input_shape`` (with batch), counted by
+    :class:`torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts 2; convolutions and matmuls only)."""
+    param = next(network.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = network.training
+    network.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            network(torch.zeros(*[int(s) for s in input_shape], device=device))
+        return int(counter.get_total_flops())
+    finally:
+        network.train(was_training)
+
+
+@torch.no_grad()
+def evaluate_cases(
+    network: nn.Module,
+    dataloader: Iterable,
+    device: str | torch.device = "cpu",
+    inferer: Inferer | None = None,
+    num_classes: int = 2,
+    mask_key: str | None = None,
+    keep_predictions: int = 0,
+) -> tuple[list[dict[str, float]], list[np.ndarray]]:
+    """Metrics of every case of ``dataloader`` (softmax head, argmax), inside ``batch[mask_key]`` when given.
+
+    Returns ``(rows, predictions)``: one dict of :func:`~lightvessel_monai.metrics.segmentation.segmentation_metrics`
+    per case, and the argmax label maps (``(H, W)`` or ``(D, H, W)`` uint8) of the first ``keep_predictions`` cases.
+    """
+    inferer = inferer or SimpleInferer()
+    network.eval().to(device)
+    to_pred, to_label = AsDiscrete(argmax=True, to_onehot=num_classes), AsDiscrete(to_onehot=num_classes)
+    rows: list[dict[str, float]] = []
+    kept: list[np.ndarray] = []
+    for batch in dataloader:
+        image, label = batch["image"].to(device), batch["label"].to(device)
+        logits = inferer(image, network)
+        masks = decollate_batch(batch[mask_key]) if mask_key else [None] * len(logits)
+        for logit, lab, mask in zip(decollate_batch(logits), decollate_batch(label), masks, strict=True):
+            pred = to_pred(logit)
+            if len(kept) < keep_predictions:
+                kept.append(pred.argmax(0).cpu().numpy().astype(np.uint8))
+            mask = None if mask is None else (torch.as_tensor(mask) > 0).to(device)
+            rows.append(
+                segmentation_metrics(pred[None], to_label(lab)[None], mask=None if mask is None else mask[None])
+            )
+    return rows, kept
+
+
+def summarise(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation) over finite values; std is 0 for a single value and nan when none."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0)
+
+
+def mean_over_cases(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per-metric mean over cases (non-finite values, e.g. HD95 of an empty prediction, are left out)."""
+    keys = list(rows[0]) if rows else []
+    return {key: summarise([row[key] for row in rows])[0] for key in keys}

@@ -1,0 +1,92 @@
+"""Figures of a method comparison: a Dice bar chart and prediction overlays (PNG, via matplotlib's Agg backend)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["dice_bar_chart", "error_overlay", "overlay_grid", "middle_slice"]
+
+
+def dice_bar_chart(
+    means: Mapping[str, float],
+    stds: Mapping[str, float],
+    path: str,
+    reference: float | None = None,
+    title: str = "Dice per method (mean ± std over seeds)",
+) -> str:
+    """Bar chart of mean Dice with std error bars; ``reference`` (the teacher's Dice) is drawn as a dashed line."""
+    names = list(means)
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 4.0), dpi=120)
+    x = np.arange(len(names))
+    ax.bar(x, [means[n] for n in names], yerr=[stds.get(n, 0.0) for n in names], capsize=4, color="#4C72B0")
+    if reference is not None:
+        ax.axhline(reference, color="#C44E52", linestyle="--", label=f"teacher {reference:.4f}")
+        ax.legend(loc="lower right")
+    for i, n in enumerate(names):
+        ax.text(i, means[n] + stds.get(n, 0.0) + 0.005, f"{means[n]:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    low = min([means[n] - stds.get(n, 0.0) for n in names] + ([reference] if reference is not None else []))
+    ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(means.values()) + 0.06) if names else 1.0)
+    ax.set_ylabel("Dice")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def middle_slice(array: np.ndarray) -> np.ndarray:
+    """A 2D view of a 2D map or of the middle slice (last axis) of a 3D one."""
+    return array if array.ndim == 2 else array[..., array.shape[-1] // 2]
+
+
+def error_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """RGB float image: the grey image with true positives white, false positives red and false negatives blue.
+
+    ``image``: ``(H, W)`` intensities (any range); ``label``/``pred``: ``(H, W)`` class maps (foreground = > 0);
+    ``mask``: optional ``(H, W)`` region of interest (e.g. the DRIVE field of view); outside it is darkened.
+    """
+    img = image.astype(np.float32)
+    img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
+    rgb = np.repeat(img[..., None], 3, axis=-1) * 0.6
+    lab, prd = label > 0, pred > 0
+    rgb[lab & prd] = (1.0, 1.0, 1.0)
+    rgb[~lab & prd] = (1.0, 0.2, 0.2)
+    rgb[lab & ~prd] = (0.2, 0.5, 1.0)
+    if mask is not None:
+        rgb[~(mask > 0)] *= 0.3
+    return rgb
+
+
+def overlay_grid(
+    image: np.ndarray,
+    label: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    path: str,
+    mask: np.ndarray | None = None,
+    scores: Mapping[str, float] | None = None,
+) -> str:
+    """One PNG: the image, the annotation, then each model's error overlay (white TP, red FP, blue FN)."""
+    panels: list[tuple[str, np.ndarray, str | None]] = [("image", image, "gray"), ("annotation", label > 0, "gray")]
+    panels += [(name, error_overlay(image, label, pred, mask), None) for name, pred in predictions.items()]
+    cols = min(len(panels), 5)
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), dpi=110, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (name, data, cmap) in zip(axes.ravel(), panels, strict=False):
+        ax.imshow(data, cmap=cmap, interpolation="nearest")
+        score = (scores or {}).get(name)
+        ax.set_title(name if score is None else f"{name} (Dice {score:.3f})", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

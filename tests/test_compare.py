@@ -1,0 +1,118 @@
+"""`python -m lightvessel_monai.compare` end to end on a tiny synthetic budget, as a user runs it."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+METHODS = ["none", "kd", "at", "cwd", "skd", "emkd", "dskd", "dskd_kd", "lightvessel"]
+SEEDS = [0, 1]
+BUDGET = 3  # iterations; with 4 training images and batch 2 this is 2 epochs of 2 iterations
+
+
+def tiny_sets(root):
+    sets = {
+        "bundle_root": str(root / "bundle"),
+        "dataset_dir": str(root / "data"),
+        "synthetic#num_train": 4,
+        "synthetic#num_val": 2,
+        "synthetic#size": 64,
+        "image_size": [64, 64],
+        "patch_size": [32, 32],
+        "samples_per_image": 2,
+        "batch_size": 2,
+        "teacher_train#settings#max_epochs": 1,
+        "val_interval": 1,
+        "asd_warmup": 1,
+    }
+    args = []
+    for key, value in sets.items():
+        args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return args
+
+
+def run_compare(root, methods, extra=()):
+    cmd = [sys.executable, "-m", "lightvessel_monai.compare", "--methods", ",".join(methods)]
+    cmd += ["--seeds", ",".join(map(str, SEEDS)), "--budget", str(BUDGET), "--output_dir", str(root / "out")]
+    cmd += ["--latency_repeats", "1", *tiny_sets(root), *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    proc = run_compare(root, METHODS)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return root, proc
+
+
+def test_every_method_and_seed_is_trained_for_the_same_budget(comparison):
+    root, _ = comparison
+    out = root / "out"
+    with open(out / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert sorted((r["method"], int(r["seed"])) for r in runs) == sorted((m, s) for m in METHODS for s in SEEDS)
+    # 4 training images, batch 2 -> 2 iterations per epoch; a budget of 3 rounds up to 2 epochs = 4 iterations
+    assert {int(r["iterations"]) for r in runs} == {4}
+    for r in runs:
+        for metric in ("dice", "iou", "sensitivity", "specificity", "accuracy", "cldice"):
+            assert 0.0 <= float(r[metric]) <= 1.0, (r["method"], metric, r[metric])
+    teacher = json.loads((out / "teacher.json").read_text())
+    results = [json.loads((out / "runs" / f"{m}_seed{s}" / "result.json").read_text()) for m in METHODS for s in SEEDS]
+    # one teacher checkpoint, shared by every run that uses a teacher
+    assert Path(teacher["checkpoint"]).is_file()
+    # the distillation terms of each method were logged by the trainer
+    losses = {r["method"]: set(r["final_losses"]) for r in results}
+    assert losses["none"] == {"loss", "loss_seg"}
+    assert {"loss_fsd", "loss_asd", "loss_disc"} <= losses["lightvessel"]
+    assert len(losses["emkd"] - {"loss", "loss_seg"}) == 3
+    # different seeds give different students
+    dice = {(r["method"], r["seed"]): r["metrics"]["dice"] for r in results}
+    seeds_differ = [dice[(m, 0)] != dice[(m, 1)] for m in METHODS]
+    assert any(seeds_differ)
+
+
+def test_tables_and_figures_are_written(comparison):
+    root, proc = comparison
+    out = root / "out"
+    with open(out / "results.csv") as f:
+        table = {row["model"]: row for row in csv.DictReader(f)}
+    assert list(table) == ["teacher", *METHODS]
+    for name in METHODS:
+        runs = [json.loads((out / "runs" / f"{name}_seed{s}" / "result.json").read_text()) for s in SEEDS]
+        values = [r["metrics"]["dice"] for r in runs]
+        assert math.isclose(float(table[name]["dice_mean"]), np.mean(values), rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(float(table[name]["dice_std"]), np.std(values, ddof=1), rel_tol=1e-9, abs_tol=1e-12)
+        assert int(table[name]["params"]) < int(table["teacher"]["params"])
+        assert float(table[name]["gflops"]) < float(table["teacher"]["gflops"])
+    markdown = (out / "results.md").read_text()
+    assert markdown.count("\n| ") == len(METHODS) + 1  # header line starts the string; one row per model after it
+    assert "±" in markdown and "results.md" not in proc.stderr
+    for png in [out / "dice.png", out / "overlays" / "case_0.png", out / "overlays" / "case_1.png"]:
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+
+
+def test_a_finished_comparison_is_reused_not_retrained(comparison):
+    root, _ = comparison
+    result = root / "out" / "runs" / "none_seed0" / "result.json"
+    before = result.stat().st_mtime_ns
+    proc = run_compare(root, ["none"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert result.stat().st_mtime_ns == before
+
+
+def test_unknown_method_is_a_one_line_error(tmp_path):
+    proc = run_compare(tmp_path, ["none", "nosuchmethod"])
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nosuchmethod" in lines[0] and "lightvessel" in lines[0], proc.stderr
+    assert not (tmp_path / "out" / "runs").exists()
