@@ -17,6 +17,7 @@ from monai.metrics import DiceMetric
 from monai.transforms import AsDiscrete
 from torch import nn
 
+from lightvessel_monai.evaluation import evaluate_cases, mean_over_cases
 from lightvessel_monai.networks import count_parameters
 from lightvessel_monai.utils import load_state_dict_checked
 
@@ -45,6 +46,20 @@ def evaluate_dice(
         labels = [to_label(y) for y in decollate_batch(label)]
         metric(y_pred=preds, y=labels)
     return float(metric.aggregate().item())
+
+
+def _mean_dice(
+    model: nn.Module,
+    dataloader: Iterable,
+    device: str | torch.device,
+    inferer: Inferer | None,
+    num_classes: int,
+    mask_key: str | None,
+) -> float:
+    if mask_key is None:
+        return evaluate_dice(model, dataloader, device, inferer, num_classes)
+    rows, _ = evaluate_cases(model, dataloader, device, inferer, num_classes, mask_key=mask_key)
+    return mean_over_cases(rows)["dice"]
 
 
 @torch.no_grad()
@@ -81,6 +96,7 @@ def write_report(
     num_classes: int = 2,
     latency_repeats: int = 10,
     printer: Callable[[str], None] = print,
+    mask_key: str | None = None,
 ) -> list[dict]:
     """Evaluate each network's best checkpoint and write ``report.md`` and ``report.csv`` to ``output_dir``.
 
@@ -89,6 +105,7 @@ def write_report(
         checkpoints: the state-dict file of each network.
         dataloader: validation data (batches with ``image`` and ``label``).
         input_shape: shape of one input for the latency measurement, e.g. ``(1, 1, 512, 512)``.
+        mask_key: batch key of a region of interest (the DRIVE field of view); Dice is computed inside it.
     """
     rows = []
     for name, network in networks.items():
@@ -97,7 +114,7 @@ def write_report(
         rows.append(
             {
                 "model": name,
-                "dice": round(evaluate_dice(model, dataloader, device, inferer, num_classes), 4),
+                "dice": round(_mean_dice(model, dataloader, device, inferer, num_classes, mask_key), 4),
                 "params": count_parameters(model),
                 "cpu_latency_ms": round(cpu_latency_ms(model, input_shape, repeats=latency_repeats), 1),
                 "checkpoint": checkpoints[name],

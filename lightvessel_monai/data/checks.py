@@ -28,7 +28,7 @@ from lightvessel_monai.errors import ConfigKeyError, DataError
 
 __all__ = ["load_datalist", "check_datalist"]
 
-_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 _MAX_LISTED = 5  # unexpected label values listed in a message
@@ -446,6 +446,7 @@ def check_datalist(
     *,
     spatial_dims: int | None = None,
     affine_tol: float | None = 1e-3,
+    optional_keys: Sequence[str] = ("fov",),
 ) -> list[dict]:
     """Check that every entry's files exist, can be read, agree in spatial shape and hold declared labels.
 
@@ -466,6 +467,8 @@ def check_datalist(
             (and a 2D image). ``None`` skips the check.
         affine_tol: the largest difference (mm) allowed between the voxel-to-world affines of an entry's
             files (NIfTI), e.g. a label and its image; ``None`` skips the check.
+        optional_keys: keys checked like ``keys`` (exist, readable, same spatial shape) in the entries that have
+            them, e.g. ``"fov"``, a field-of-view mask (DRIVE); other extra keys are ignored.
 
     Returns:
         ``datalist`` itself, unchanged.
@@ -495,7 +498,7 @@ def check_datalist(
             raise DataError(f"{where} has no key '{missing[0]}' (keys: {have})")
 
         reference: tuple[str, str, _Info] | None = None  # (key, file, info) of the first file with a shape
-        for key in keys:
+        for key in keys + [k for k in optional_keys if k in entry and k not in keys]:
             value = entry[key]
             paths = value if isinstance(value, (list, tuple)) else [value]
             if not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):

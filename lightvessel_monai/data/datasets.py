@@ -4,23 +4,35 @@
   a multi-label map predicted by TotalSegmentator, i.e. pseudo ground truth).
 * :func:`lvsd300_datalist`: the LVSD300 sample, 2.5D slabs ``(512, 512, 8)`` whose channel 0 is the vessel mask
   and channels 1..7 are CT slices; each file is both the image and the label of its entry.
+* :func:`drive_datalist`: DRIVE (retinal fundus photographs, 2D), the 20 training triplets (RGB image, manual vessel
+  mask, field-of-view mask) split 15/5 by their leading number: 21..35 for training, 36..40 for validation.
 * :func:`write_datalist`: write such a ``{"training": [...], "validation": [...]}`` dict as a decathlon-style JSON,
   which :func:`lightvessel_monai.data.checks.load_datalist` (the bundle's ``train#datalist``) reads.
 
 The functions are dimension-agnostic: they only list files; the bundle's data overlays
-(``configs/data/totalseg_example.json``, ``configs/data/lvsd300.json``) do the loading and label mapping.
+(``configs/data/totalseg_example.json``, ``configs/data/lvsd300.json``, ``configs/data/drive.json``) do the loading
+and label mapping.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from lightvessel_monai.data._cache import write_json_atomic
 from lightvessel_monai.errors import DataError
 
-__all__ = ["TOTALSEG_IMAGE", "TOTALSEG_LABEL", "lvsd300_datalist", "totalseg_example_datalist", "write_datalist"]
+__all__ = [
+    "DRIVE_VALIDATION_NUMBERS",
+    "TOTALSEG_IMAGE",
+    "TOTALSEG_LABEL",
+    "drive_datalist",
+    "lvsd300_datalist",
+    "totalseg_example_datalist",
+    "write_datalist",
+]
 
 TOTALSEG_IMAGE = "example_ct_sm.nii.gz"
 TOTALSEG_LABEL = "example_seg.nii.gz"
@@ -28,6 +40,9 @@ TOTALSEG_LABEL = "example_seg.nii.gz"
 _TOTALSEG_HALVES = {"training": (15, 30), "validation": (0, 15)}
 _LVSD_SPLITS = {"training": "train", "validation": "vali"}
 _LVSD_NAME = re.compile(r"^\d+\.\d+\.nii\.gz$")
+#: DRIVE images held out for validation (the last 5 of 21..40); the other 15 train
+DRIVE_VALIDATION_NUMBERS = (36, 37, 38, 39, 40)
+_DRIVE_IMAGE = re.compile(r"^(\d+)_training\.tif$")
 
 
 def _require_files(root: Path, names: list[str], what: str) -> None:
@@ -102,6 +117,48 @@ def lvsd300_datalist(root: str | os.PathLike, num_train: int | None = None, num_
                 raise DataError(f"LVSD300 {key} count must be at least 1, not {limits[key]}")
             files = files[: limits[key]]
         datalist[key] = [{"image": str(p), "label": str(p)} for p in files]
+    return datalist
+
+
+def drive_datalist(root: str | os.PathLike, validation_numbers: Sequence[int] = DRIVE_VALIDATION_NUMBERS) -> dict:
+    """Datalist of the DRIVE training set, split by the leading number of each file name.
+
+    ``root/training/images/NN_training.tif`` (RGB, 565 x 584) is paired with ``training/1st_manual/NN_manual1.gif``
+    (the manual vessel mask, ``{0, 255}``) and ``training/mask/NN_training_mask.gif`` (the field of view, ``{0, 255}``).
+    Images numbered in ``validation_numbers`` (default 36..40) form the validation split, the others (21..35)
+    the training split: a fixed 15/5 split in which no image is in both.
+
+    Returns:
+        ``{"training": [{"image": ..., "label": ..., "fov": ...}, ...], "validation": [...]}`` with absolute paths,
+        in number order.
+
+    Raises:
+        DataError: the image folder is missing or empty, an image lacks its vessel or FOV mask, a validation number
+            has no image, or a split would be empty.
+    """
+    root = Path(root).expanduser().absolute()
+    images = root / "training" / "images"
+    found = sorted((int(m.group(1)), p) for p in images.glob("*_training.tif") if (m := _DRIVE_IMAGE.match(p.name)))
+    if not found:
+        raise DataError(f"DRIVE training images not found at {images} (no NN_training.tif)")
+    held_out = {int(n) for n in validation_numbers}
+    absent = sorted(held_out - {n for n, _ in found})
+    if absent:
+        raise DataError(f"DRIVE validation image {absent[0]:02d}_training.tif not found at {images}")
+    datalist: dict[str, list[dict[str, str]]] = {"training": [], "validation": []}
+    for number, image in found:
+        entry = {
+            "image": str(image),
+            "label": str(root / "training" / "1st_manual" / f"{number:02d}_manual1.gif"),
+            "fov": str(root / "training" / "mask" / f"{number:02d}_training_mask.gif"),
+        }
+        for kind in ("label", "fov"):
+            if not Path(entry[kind]).is_file():
+                what = "vessel mask" if kind == "label" else "field-of-view mask"
+                raise DataError(f"DRIVE {what} of {image.name} not found: {entry[kind]}")
+        datalist["validation" if number in held_out else "training"].append(entry)
+    if not datalist["training"]:
+        raise DataError(f"DRIVE at {root}: every image is in validation_numbers, none is left for training")
     return datalist
 
 

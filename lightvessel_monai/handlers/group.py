@@ -1,4 +1,4 @@
-"""A handler that attaches a list of handlers: lets a method overlay add handlers to a literal ``train#handlers`` list."""
+"""HandlerGroup: lets a method overlay add handlers to the literal ``train#handlers`` list."""
 
 from __future__ import annotations
 
