@@ -109,6 +109,7 @@ class Comparison:
         overrides: Mapping[str, Any] | None = None,
         keep_predictions: int = 2,
         latency_repeats: int = 5,
+        verbose: bool = False,
     ) -> None:
         if budget < 1:
             raise ConfigKeyError(f"--budget must be a positive number of iterations, got {budget}")
@@ -121,6 +122,7 @@ class Comparison:
         self.overrides = dict(overrides or {})
         self.keep_predictions = keep_predictions
         self.latency_repeats = latency_repeats
+        self.verbose = verbose
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------------------------------ the teacher
@@ -215,6 +217,9 @@ class Comparison:
         start = time.perf_counter()
         parser.get_parsed_content("initialize")
         trainer = parser.get_parsed_content("train#trainer")
+        if not self.verbose:  # one line per run instead of one per iteration
+            for name in ("StatsHandler", trainer.logger.name):
+                logging.getLogger(name).setLevel(logging.WARNING)
         trainer.run()
         train_seconds = time.perf_counter() - start
         network = parser.get_parsed_content("network")
@@ -339,11 +344,12 @@ def compare(
     overrides: Mapping[str, Any] | None = None,
     keep_predictions: int = 2,
     latency_repeats: int = 5,
+    verbose: bool = False,
 ) -> Path:
     """Run the comparison and write its tables and figures; returns the path of ``results.md``."""
     for name in methods:
         method_config(name)  # fail before any training on a typo
-    comparison = Comparison(data_config, output_dir, budget, overrides, keep_predictions, latency_repeats)
+    comparison = Comparison(data_config, output_dir, budget, overrides, keep_predictions, latency_repeats, verbose)
     teacher = comparison.prepare_teacher()
     print(f"teacher: Dice {teacher['metrics']['dice']:.4f} ({comparison.teacher_checkpoint})", flush=True)
     results = []
@@ -413,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides,
             keep_predictions=args.overlays,
             latency_repeats=args.latency_repeats,
+            verbose=args.verbose,
         )
     except Exception as error:  # a user-fixable error anywhere in the chain is one line; others keep the traceback
         user_error = find_user_error(error)

@@ -2,5 +2,13 @@ from lightvessel_monai.handlers.adversarial import AdversarialUpdateHandler
 from lightvessel_monai.handlers.group import HandlerGroup
 from lightvessel_monai.handlers.progress import ProgressBarHandler
 from lightvessel_monai.handlers.resume import ResumeCheckpoint
+from lightvessel_monai.handlers.self_teacher import SelfTeacherHandler, make_self_teacher
 
-__all__ = ["AdversarialUpdateHandler", "HandlerGroup", "ProgressBarHandler", "ResumeCheckpoint"]
+__all__ = [
+    "AdversarialUpdateHandler",
+    "HandlerGroup",
+    "ProgressBarHandler",
+    "ResumeCheckpoint",
+    "SelfTeacherHandler",
+    "make_self_teacher",
+]
