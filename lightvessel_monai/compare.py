@@ -229,7 +229,9 @@ class Comparison:
         rows, preds = self._evaluate(parser, network)
         for index, pred in enumerate(preds):
             np.save(run_dir / f"prediction_{index}.npy", pred)
-        final_losses = {k: float(v) for k, v in trainer.state.output.items() if k.startswith("loss")}
+        final_losses = {
+            k: float(torch.as_tensor(v).detach()) for k, v in trainer.state.output.items() if k.startswith("loss")
+        }
         result = {
             "method": method,
             "seed": seed,
