@@ -11,10 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
-from monai.data import decollate_batch
-from monai.inferers import Inferer, SimpleInferer
-from monai.metrics import DiceMetric
-from monai.transforms import AsDiscrete
+from monai.inferers import Inferer
 from torch import nn
 
 from lightvessel_monai.evaluation import evaluate_cases, mean_over_cases
@@ -26,39 +23,16 @@ __all__ = ["evaluate_dice", "cpu_latency_ms", "write_report"]
 logger = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def evaluate_dice(
     network: nn.Module,
     dataloader: Iterable,
     device: str | torch.device = "cpu",
     inferer: Inferer | None = None,
     num_classes: int = 2,
+    mask_key: str | None = None,
 ) -> float:
-    """Mean foreground Dice of ``network`` (softmax head, argmax) over ``dataloader``."""
-    inferer = inferer or SimpleInferer()
-    network.eval().to(device)
-    metric = DiceMetric(include_background=False, reduction="mean")
-    to_pred, to_label = AsDiscrete(argmax=True, to_onehot=num_classes), AsDiscrete(to_onehot=num_classes)
-    for batch in dataloader:
-        image, label = batch["image"].to(device), batch["label"].to(device)
-        logits = inferer(image, network)
-        preds = [to_pred(p) for p in decollate_batch(logits)]
-        labels = [to_label(y) for y in decollate_batch(label)]
-        metric(y_pred=preds, y=labels)
-    return float(metric.aggregate().item())
-
-
-def _mean_dice(
-    model: nn.Module,
-    dataloader: Iterable,
-    device: str | torch.device,
-    inferer: Inferer | None,
-    num_classes: int,
-    mask_key: str | None,
-) -> float:
-    if mask_key is None:
-        return evaluate_dice(model, dataloader, device, inferer, num_classes)
-    rows, _ = evaluate_cases(model, dataloader, device, inferer, num_classes, mask_key=mask_key)
+    """Mean foreground Dice over cases (softmax head, argmax), inside ``batch[mask_key]`` when given."""
+    rows, _ = evaluate_cases(network, dataloader, device, inferer, num_classes, mask_key=mask_key)
     return mean_over_cases(rows)["dice"]
 
 
@@ -114,7 +88,7 @@ def write_report(
         rows.append(
             {
                 "model": name,
-                "dice": round(_mean_dice(model, dataloader, device, inferer, num_classes, mask_key), 4),
+                "dice": round(evaluate_dice(model, dataloader, device, inferer, num_classes, mask_key), 4),
                 "params": count_parameters(model),
                 "cpu_latency_ms": round(cpu_latency_ms(model, input_shape, repeats=latency_repeats), 1),
                 "checkpoint": checkpoints[name],

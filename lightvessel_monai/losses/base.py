@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["DistillationInputs", "Distiller", "student_parameters"]
+__all__ = ["DistillationInputs", "Distiller", "PairedTapsDistiller", "student_parameters"]
 
 
 @dataclass
@@ -70,6 +70,20 @@ class Distiller(nn.Module):
 
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class PairedTapsDistiller(Distiller):
+    """A distiller that compares teacher tap ``t`` with student tap ``s`` for each ``(t, s)`` in ``self.pairs``."""
+
+    pairs: list[tuple[str, str]]
+
+    @property
+    def required_teacher_taps(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t for t, _ in self.pairs))
+
+    @property
+    def required_student_taps(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s for _, s in self.pairs))
 
 
 def student_parameters(network: nn.Module, distillers: Mapping[str, nn.Module] | None = None) -> list[nn.Parameter]:

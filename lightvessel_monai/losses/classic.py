@@ -33,7 +33,7 @@ from lightvessel_monai.losses._common import (
     tap_pairs,
 )
 from lightvessel_monai.losses.asd import AdversarialSimilarityDistillation
-from lightvessel_monai.losses.base import DistillationInputs, Distiller
+from lightvessel_monai.losses.base import DistillationInputs, Distiller, PairedTapsDistiller
 from lightvessel_monai.losses.fsd import fsd_pair_loss
 
 __all__ = [
@@ -192,7 +192,7 @@ def attention_transfer_loss(
     return per_sample.mean()
 
 
-class AttentionTransfer(Distiller):
+class AttentionTransfer(PairedTapsDistiller):
     r"""Activation-based attention transfer (Zagoruyko & Komodakis, ICLR 2017) over tap pairs.
 
     .. math::
@@ -229,14 +229,6 @@ class AttentionTransfer(Distiller):
         self.position_reduction = check_choice(position_reduction, REDUCTIONS, f"{self.method} position_reduction")
         self.reduction = check_choice(reduction, REDUCTIONS, f"{self.method} reduction")
         self.eps = float(eps)
-
-    @property
-    def required_teacher_taps(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(t for t, _ in self.pairs))
-
-    @property
-    def required_student_taps(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(s for _, s in self.pairs))
 
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:
         losses = [
@@ -288,7 +280,7 @@ def _adapter_key(teacher_tap: str, student_tap: str) -> str:
     return student_tap if teacher_tap == student_tap else f"{student_tap}_to_{teacher_tap}"
 
 
-class ChannelWiseDistillation(Distiller):
+class ChannelWiseDistillation(PairedTapsDistiller):
     r"""Channel-wise distillation (Shu et al., ICCV 2021) on feature taps and/or on the logits.
 
     For every ``(teacher_tap, student_tap)`` pair the student feature goes through a learned 1x1 convolution
@@ -353,14 +345,6 @@ class ChannelWiseDistillation(Distiller):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigKeyError(f"{self.method} {what}['{tap}'] must be a positive int, got {value!r}")
         return value
-
-    @property
-    def required_teacher_taps(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(t for t, _ in self.pairs))
-
-    @property
-    def required_student_taps(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(s for _, s in self.pairs))
 
     def align(self, teacher_tap: str, student_tap: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """Student feature mapped to the teacher's channels (1x1 adapter) and grid (bi/trilinear resize)."""

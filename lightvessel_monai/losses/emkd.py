@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lightvessel_monai.losses._common import label_to_onehot, resize_to, tap_pairs
-from lightvessel_monai.losses.base import DistillationInputs, Distiller
+from lightvessel_monai.losses.base import DistillationInputs, PairedTapsDistiller
 from lightvessel_monai.losses.classic import (
     REDUCTIONS,
     AttentionTransfer,
@@ -146,7 +146,7 @@ def region_affinity_loss(
     return per_sample.mean()
 
 
-class RegionAffinityDistillation(Distiller):
+class RegionAffinityDistillation(PairedTapsDistiller):
     r"""RAD: transfer the cosine affinities between class-region prototypes (EMKD).
 
     For each level ``l`` and sample ``b``, the masked-average feature (prototype) of every class region present in
@@ -190,14 +190,6 @@ class RegionAffinityDistillation(Distiller):
         self.label_resize = check_choice(label_resize, LABEL_RESIZE_MODES, f"{self.method} label_resize")
         self.reduction = check_choice(reduction, REDUCTIONS, f"{self.method} reduction")
         self.eps = float(eps)
-
-    @property
-    def required_teacher_taps(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(t for t, _ in self.pairs))
-
-    @property
-    def required_student_taps(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(s for _, s in self.pairs))
 
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:
         onehot = label_to_onehot(inputs.label, self.num_classes)
