@@ -116,3 +116,39 @@ def test_unknown_method_is_a_one_line_error(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "nosuchmethod" in lines[0] and "lightvessel" in lines[0], proc.stderr
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_every_method_trains_and_is_compared_in_3d(tmp_path):
+    """The 3D overlay (MONAI UNet student, sliding-window validation) with every method, one seed, two iterations."""
+    sets = {
+        "bundle_root": str(tmp_path / "bundle"),
+        "synthetic#num_train": 2,
+        "synthetic#num_val": 1,
+        "synthetic#shape": [64, 64, 32],
+        "patch_size": [32, 32, 32],
+        "image_size": [48, 48, 32],
+        "samples_per_image": 1,
+        "batch_size": 2,
+        "teacher_max_epochs": 1,
+        "val_interval": 1,
+        "asd_warmup": 0,
+        "num_workers": 0,
+    }
+    data = str(REPO / "configs" / "data" / "synthetic_3d.json")
+    cmd = [sys.executable, "-m", "lightvessel_monai.compare", "--data", data]
+    cmd += ["--methods", ",".join(METHODS), "--seeds", "0", "--budget", "2", "--output_dir", str(tmp_path / "out")]
+    cmd += ["--latency_repeats", "1", "--overlays", "1"]
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    out = tmp_path / "out"
+    for method in METHODS:
+        result = json.loads((out / "runs" / f"{method}_seed0" / "result.json").read_text())
+        assert result["iterations"] == 2
+        terms = set(result["final_losses"]) - {"loss", "loss_seg", "loss_disc"}
+        assert (len(terms) == 0) == (method == "none"), (method, terms)
+        prediction = np.load(out / "runs" / f"{method}_seed0" / "prediction_0.npy")
+        assert prediction.ndim == 3  # the whole preprocessed validation volume, through the sliding window
+    with Image.open(out / "overlays" / "case_0.png") as image:
+        assert image.format == "PNG"
