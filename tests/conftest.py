@@ -1,3 +1,4 @@
+import math
 import os
 import sys
 from pathlib import Path
@@ -25,3 +26,26 @@ def python() -> str:
 
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+KL_HAND = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)  # KL([0.75, 0.25] || [0.5, 0.5]), by hand
+
+
+def distillation_inputs(student_pred=None, teacher_pred=None, sf=None, tf=None, image=None, label=None):
+    """A DistillationInputs around a student prediction (default ``(1, 2, 2, 2)`` zeros) with zero image/label."""
+    from lightvessel_monai.losses import DistillationInputs
+
+    pred = student_pred if student_pred is not None else torch.zeros(1, 2, 2, 2)
+    return DistillationInputs(
+        image=image if image is not None else torch.zeros(pred.shape[0], 1, *pred.shape[2:]),
+        label=label if label is not None else torch.zeros(pred.shape[0], 1, *pred.shape[2:]),
+        student_pred=pred,
+        teacher_pred=teacher_pred,
+        student_features=sf or {},
+        teacher_features=tf or {},
+    )
+
+
+def leaf(*shape: int):
+    """A random tensor that requires grad (a stand-in for a network feature)."""
+    return torch.randn(*shape).requires_grad_(True)

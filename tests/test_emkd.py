@@ -11,7 +11,6 @@ from monai.bundle import ConfigParser
 from monai.losses import DiceFocalLoss
 
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.losses.base import DistillationInputs
 from lightvessel_monai.losses.classic import AttentionTransfer, KnowledgeDistillation
 from lightvessel_monai.losses.emkd import (
     ImportanceMapDistillation,
@@ -20,26 +19,9 @@ from lightvessel_monai.losses.emkd import (
     region_affinity_loss,
 )
 
-from conftest import REPO
-
-KL_HAND = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)  # KL([0.75, 0.25] || [0.5, 0.5])
-
-
-def _inputs(student_pred=None, teacher_pred=None, sf=None, tf=None, label=None) -> DistillationInputs:
-    pred = student_pred if student_pred is not None else torch.zeros(1, 2, 2, 2)
-    return DistillationInputs(
-        image=torch.zeros(pred.shape[0], 1, *pred.shape[2:]),
-        label=label if label is not None else torch.zeros(pred.shape[0], 1, *pred.shape[2:]),
-        student_pred=pred,
-        teacher_pred=teacher_pred,
-        student_features=sf or {},
-        teacher_features=tf or {},
-    )
-
-
-def _leaf(*shape: int) -> torch.Tensor:
-    return torch.randn(*shape).requires_grad_(True)
-
+from conftest import KL_HAND, REPO
+from conftest import distillation_inputs as _inputs
+from conftest import leaf as _leaf
 
 # ---------------------------------------------------------------------------------------------------- PMD
 
