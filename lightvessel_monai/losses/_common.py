@@ -1,11 +1,14 @@
-"""Building blocks shared by the distillers: class distributions, soft KL, resizing, attention maps, tap pairs.
+"""Building blocks shared by the distillers: class distributions, soft KL, resizing, attention maps, tap pairs,
+and the argument and tap checks that give every method the same one-line errors.
 
 Every function is dimension-agnostic: tensors are ``(B, C, H, W)`` in 2D or ``(B, C, D, H, W)`` in 3D.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -13,23 +16,41 @@ from monai.networks.utils import one_hot
 
 from lightvessel_monai.errors import ConfigKeyError
 
+if TYPE_CHECKING:
+    from lightvessel_monai.losses.base import DistillationInputs
+
 __all__ = [
     "ACTIVATIONS",
+    "REDUCTIONS",
+    "TapSpec",
     "attention_map",
+    "check_activation",
+    "check_choice",
+    "check_positive",
+    "check_same_layout",
     "class_probabilities",
+    "full_precision",
+    "l2_normalise",
     "label_to_onehot",
+    "reduce_terms",
+    "require_teacher_pred",
     "resize_to",
     "soft_kl",
+    "tap_feature",
     "tap_pairs",
 ]
 
 ACTIVATIONS = ("softmax", "sigmoid")
+REDUCTIONS = ("mean", "sum")
+TapSpec = str | Sequence[str]
 _LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
-def _check_activation(activation: str) -> None:
+def check_activation(activation: str) -> str:
+    """``activation`` if it is ``"softmax"`` or ``"sigmoid"``, else a one-line ValueError."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got '{activation}'")
+    return activation
 
 
 def class_probabilities(logits: torch.Tensor, activation: str = "softmax", temperature: float = 1.0) -> torch.Tensor:
@@ -37,7 +58,7 @@ def class_probabilities(logits: torch.Tensor, activation: str = "softmax", tempe
 
     Computed in float32 (or the input's precision if higher), also under autocast.
     """
-    _check_activation(activation)
+    check_activation(activation)
     z = logits.float() / temperature if logits.dtype in (torch.float16, torch.bfloat16) else logits / temperature
     return torch.softmax(z, dim=1) if activation == "softmax" else torch.sigmoid(z)
 
@@ -59,7 +80,7 @@ def soft_kl(
         student_logits: ``(B, K, H, W)`` or ``(B, K, D, H, W)``, with autograd graph.
         teacher_logits: same shape; treated as a constant (detached).
     """
-    _check_activation(activation)
+    check_activation(activation)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             "student and teacher logits differ in shape: "
@@ -110,7 +131,11 @@ def attention_map(feature: torch.Tensor, p: float = 2.0, eps: float = 1e-12) -> 
 
     ``(B, C, *spatial) -> (B, 1, *spatial)``, L2-normalised over the positions of each sample. Computed in float32.
     """
-    a = feature.float().abs().pow(p).mean(dim=1, keepdim=True)
+    return l2_normalise(feature.float().abs().pow(p).mean(dim=1, keepdim=True), eps)
+
+
+def l2_normalise(a: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Divide each sample of ``a`` (``(B, ...)``) by its L2 norm over all its other dims."""
     norm = a.flatten(1).norm(p=2, dim=1).clamp_min(eps)
     return a / norm.view(-1, *([1] * (a.ndim - 1)))
 
@@ -133,3 +158,56 @@ def tap_pairs(spec: Sequence[str | Sequence[str]], what: str) -> list[tuple[str,
     if not pairs:
         raise ConfigKeyError(f"{what}: at least one tap is needed")
     return pairs
+
+
+# --------------------------------------------------------------------------------------- checks and reductions
+
+
+def check_choice(value: str, choices: Sequence[str], what: str) -> str:
+    """``value`` if it is one of ``choices``, else a one-line ValueError naming ``what``."""
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_positive(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{what} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def tap_feature(features: Mapping[str, torch.Tensor], name: str, owner: str, method: str) -> torch.Tensor:
+    """``features[name]``, or a one-line config error naming the method, the network and the declared taps."""
+    if name not in features:
+        available = ", ".join(sorted(features)) or "none"
+        raise ConfigKeyError(
+            f"{method} needs {owner} tap '{name}', which is missing; available {owner} taps: {available}"
+        )
+    return features[name]
+
+
+def require_teacher_pred(inputs: DistillationInputs, method: str) -> torch.Tensor:
+    if inputs.teacher_pred is None:
+        raise ValueError(f"{method} needs a teacher prediction (teacher_pred is None; set use_teacher to true)")
+    return inputs.teacher_pred
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disable autocast: matrix products that sum over many positions need float32 or better."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:  # device type without autocast support
+        return contextlib.nullcontext()
+
+
+def reduce_terms(losses: list[torch.Tensor], reduction: str) -> torch.Tensor:
+    total = torch.stack(losses).sum()
+    return total / len(losses) if reduction == "mean" else total
+
+
+def check_same_layout(teacher: torch.Tensor, student: torch.Tensor, what: str) -> None:
+    if teacher.ndim != student.ndim or teacher.shape[0] != student.shape[0] or teacher.ndim not in (4, 5):
+        raise ValueError(
+            f"{what}: teacher and student tensors must both be (B, C, H, W) or (B, C, D, H, W) with the same B, "
+            f"got {tuple(teacher.shape)} and {tuple(student.shape)}"
+        )

@@ -6,6 +6,7 @@ import torch
 from monai.networks.utils import one_hot
 from torch import nn
 
+from lightvessel_monai.losses._common import class_probabilities
 from lightvessel_monai.losses.adversarial import (
     GAN_KINDS,
     discriminator_loss,
@@ -32,12 +33,7 @@ def correlation_map(
             ``concat(label, p)`` with ``2K`` channels.
         activation: ``"softmax"`` (multi-class head) or ``"sigmoid"`` (binary/multi-label head).
     """
-    if activation == "softmax":
-        prob = torch.softmax(pred.float(), dim=1)
-    elif activation == "sigmoid":
-        prob = torch.sigmoid(pred.float())
-    else:
-        raise ValueError(f"activation must be 'softmax' or 'sigmoid', got '{activation}'")
+    prob = class_probabilities(pred.float(), activation)
     num_classes = pred.shape[1]
     if label.shape[1] == 1 and num_classes > 1:
         label = one_hot(label.long(), num_classes, dim=1)

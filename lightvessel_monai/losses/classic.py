@@ -15,7 +15,6 @@ spatial size, and the student is resized to the teacher's grid where a common gr
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -26,10 +25,19 @@ from torch import nn
 from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.losses._common import (
     ACTIVATIONS,
+    REDUCTIONS,
+    TapSpec,
     attention_map,
+    check_choice,
+    check_positive,
+    check_same_layout,
     class_probabilities,
+    l2_normalise,
+    reduce_terms,
+    require_teacher_pred,
     resize_to,
     soft_kl,
+    tap_feature,
     tap_pairs,
 )
 from lightvessel_monai.losses.asd import AdversarialSimilarityDistillation
@@ -45,62 +53,6 @@ __all__ = [
     "attention_transfer_loss",
     "channel_wise_divergence",
 ]
-
-TapSpec = str | Sequence[str]
-REDUCTIONS = ("mean", "sum")
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-
-
-def check_choice(value: str, choices: Sequence[str], what: str) -> str:
-    if value not in choices:
-        raise ValueError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _check_positive(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{what} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def tap_feature(features: Mapping[str, torch.Tensor], name: str, owner: str, method: str) -> torch.Tensor:
-    """``features[name]``, or a one-line config error naming the method, the network and the declared taps."""
-    if name not in features:
-        available = ", ".join(sorted(features)) or "none"
-        raise ConfigKeyError(
-            f"{method} needs {owner} tap '{name}', which is missing; available {owner} taps: {available}"
-        )
-    return features[name]
-
-
-def require_teacher_pred(inputs: DistillationInputs, method: str) -> torch.Tensor:
-    if inputs.teacher_pred is None:
-        raise ValueError(f"{method} needs a teacher prediction (teacher_pred is None; set use_teacher to true)")
-    return inputs.teacher_pred
-
-
-def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """Disable autocast: matrix products that sum over many positions need float32 or better."""
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except RuntimeError:  # device type without autocast support
-        return contextlib.nullcontext()
-
-
-def reduce_terms(losses: list[torch.Tensor], reduction: str) -> torch.Tensor:
-    total = torch.stack(losses).sum()
-    return total / len(losses) if reduction == "mean" else total
-
-
-def check_same_layout(teacher: torch.Tensor, student: torch.Tensor, what: str) -> None:
-    if teacher.ndim != student.ndim or teacher.shape[0] != student.shape[0] or teacher.ndim not in (4, 5):
-        raise ValueError(
-            f"{what}: teacher and student tensors must both be (B, C, H, W) or (B, C, D, H, W) with the same B, "
-            f"got {tuple(teacher.shape)} and {tuple(student.shape)}"
-        )
-
 
 # --------------------------------------------------------------------------------------------------- KD
 
@@ -131,7 +83,7 @@ class KnowledgeDistillation(Distiller):
 
     def __init__(self, temperature: float = 4.0, activation: str = "softmax", warmup_iterations: int = 0) -> None:
         super().__init__()
-        self.temperature = _check_positive(temperature, f"{self.method} temperature")
+        self.temperature = check_positive(temperature, f"{self.method} temperature")
         self.activation = check_choice(activation, ACTIVATIONS, f"{self.method} activation")
         if int(warmup_iterations) < 0:
             raise ValueError(f"{self.method} warmup_iterations must be >= 0, got {warmup_iterations}")
@@ -151,11 +103,6 @@ class KnowledgeDistillation(Distiller):
 
 
 # --------------------------------------------------------------------------------------------------- AT
-
-
-def _l2_normalise(a: torch.Tensor, eps: float) -> torch.Tensor:
-    norm = a.flatten(1).norm(p=2, dim=1).clamp_min(eps)
-    return a / norm.view(-1, *([1] * (a.ndim - 1)))
 
 
 def attention_transfer_loss(
@@ -179,14 +126,14 @@ def attention_transfer_loss(
         p: exponent of the attention map (2 for AT, 4 for EMKD's IMD).
         position_reduction: ``"mean"`` or ``"sum"`` over positions.
     """
-    _check_positive(p, "attention exponent p")
+    check_positive(p, "attention exponent p")
     check_choice(position_reduction, REDUCTIONS, "attention position_reduction")
     check_same_layout(teacher_feature, student_feature, "attention transfer")
     a_t = attention_map(teacher_feature.detach(), p=p, eps=eps)
     a_s = attention_map(student_feature, p=p, eps=eps)
     if a_s.shape[2:] != a_t.shape[2:]:
         # interpolation is linear, so resizing the normalised map and normalising again equals resizing first
-        a_s = _l2_normalise(resize_to(a_s, a_t.shape[2:], mode="linear"), eps)
+        a_s = l2_normalise(resize_to(a_s, a_t.shape[2:], mode="linear"), eps)
     sq = (a_s - a_t).pow(2).flatten(1)
     per_sample = sq.sum(dim=1) if position_reduction == "sum" else sq.mean(dim=1)
     return per_sample.mean()
@@ -225,7 +172,7 @@ class AttentionTransfer(PairedTapsDistiller):
     ) -> None:
         super().__init__()
         self.pairs = tap_pairs(pairs, f"{self.method} pairs")
-        self.p = _check_positive(p, f"{self.method} p")
+        self.p = check_positive(p, f"{self.method} p")
         self.position_reduction = check_choice(position_reduction, REDUCTIONS, f"{self.method} position_reduction")
         self.reduction = check_choice(reduction, REDUCTIONS, f"{self.method} reduction")
         self.eps = float(eps)
@@ -326,7 +273,7 @@ class ChannelWiseDistillation(PairedTapsDistiller):
         if spatial_dims not in (2, 3):
             raise ValueError(f"{self.method} spatial_dims must be 2 or 3, got {spatial_dims!r}")
         self.spatial_dims = int(spatial_dims)
-        self.temperature = _check_positive(temperature, f"{self.method} temperature")
+        self.temperature = check_positive(temperature, f"{self.method} temperature")
         self.reduction = check_choice(reduction, REDUCTIONS, f"{self.method} reduction")
         self.use_adapter = bool(adapter)
         self.adapters = nn.ModuleDict()

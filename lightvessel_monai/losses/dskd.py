@@ -33,7 +33,12 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.losses._common import ACTIVATIONS, class_probabilities, label_to_onehot, resize_to
+from lightvessel_monai.losses._common import (
+    check_activation,
+    class_probabilities,
+    label_to_onehot,
+    resize_to,
+)
 from lightvessel_monai.losses.base import DistillationInputs, Distiller
 from lightvessel_monai.losses.classic import KnowledgeDistillation
 
@@ -46,11 +51,6 @@ __all__ = [
 ]
 
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-
-
-def _check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got '{activation}'")
 
 
 def patch_distribution(prob: torch.Tensor, patch_size: int | Sequence[int]) -> torch.Tensor:
@@ -93,7 +93,7 @@ def patch_distribution_kl(
     Returns:
         the KL summed over classes, averaged over patches and batch (a scalar).
     """
-    _check_activation(activation)
+    check_activation(activation)
     if logits.shape != target.shape:
         raise ValueError(f"prediction and target differ in shape: {tuple(logits.shape)} vs {tuple(target.shape)}")
     z_pred = patch_distribution(class_probabilities(logits, activation), patch_size)
@@ -179,7 +179,7 @@ class DeepDistributionLoss(Distiller):
         activation: str = "softmax",
     ) -> None:
         super().__init__()
-        _check_activation(activation)
+        check_activation(activation)
         if isinstance(taps, str):
             taps = [taps]
         self.side_heads = SideHeads(spatial_dims, in_channels, out_channels, taps)
@@ -202,7 +202,7 @@ class DeepDistributionLoss(Distiller):
         """Side-output logits ``{tap: (B, K, *size)}``."""
         missing = [t for t in self.side_heads.taps if t not in features]
         if missing:
-            raise KeyError(f"DeepDistributionLoss: student features lack taps {missing} (have {sorted(features)})")
+            raise ConfigKeyError(f"DSKD DDL needs student taps {missing}; available student taps: {sorted(features)}")
         return self.side_heads(features, size)
 
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:

@@ -17,19 +17,20 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lightvessel_monai.losses._common import label_to_onehot, resize_to, tap_pairs
-from lightvessel_monai.losses.base import DistillationInputs, PairedTapsDistiller
-from lightvessel_monai.losses.classic import (
+from lightvessel_monai.losses._common import (
     REDUCTIONS,
-    AttentionTransfer,
-    KnowledgeDistillation,
     TapSpec,
     check_choice,
     check_same_layout,
     full_precision,
+    label_to_onehot,
     reduce_terms,
+    resize_to,
     tap_feature,
+    tap_pairs,
 )
+from lightvessel_monai.losses.base import DistillationInputs, PairedTapsDistiller
+from lightvessel_monai.losses.classic import AttentionTransfer, KnowledgeDistillation
 
 __all__ = [
     "ImportanceMapDistillation",

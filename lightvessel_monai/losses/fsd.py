@@ -17,7 +17,6 @@ The ``N x N`` similarity matrices are never built: with ``N = H*W`` (or ``D*H*W`
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lightvessel_monai.errors import ConfigKeyError
+from lightvessel_monai.losses._common import full_precision
 from lightvessel_monai.losses.base import DistillationInputs, Distiller
 
 __all__ = ["FeatureSimilarityDistillation", "fsd_pair_loss", "naive_similarity_loss"]
@@ -72,14 +72,6 @@ def _check_compute_dtype(compute_dtype: torch.dtype | str | None) -> torch.dtype
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-
-
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast would run ``bmm`` in half precision; the Gram sums over N terms need float32 or better."""
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except RuntimeError:  # device type without autocast support
-        return contextlib.nullcontext()
 
 
 def _dtypes(tensors: Sequence[torch.Tensor], compute_dtype: torch.dtype | None) -> tuple[torch.dtype, torch.dtype]:
@@ -216,7 +208,7 @@ def fsd_pair_loss(
     Returns:
         scalar tensor, in the inputs' floating dtype (float32 for half-precision inputs).
     """
-    with _no_autocast(student_enc.device):
+    with full_precision(student_enc.device):
         (et, dt, es, ds), out_dtype = _prepare(
             teacher_enc, teacher_dec, student_enc, student_dec, grid, pool_size, compute_dtype, eps
         )
