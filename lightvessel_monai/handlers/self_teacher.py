@@ -129,10 +129,7 @@ class SelfTeacherHandler:
     @torch.no_grad()
     def copy_student(self) -> None:
         """Self-teacher <- student (parameters and buffers)."""
-        teacher = dict(self.self_teacher.named_parameters())
-        for name, p in self.network.named_parameters():
-            teacher[name].copy_(p.detach())
-        self._copy_buffers()
+        self.self_teacher.load_state_dict(self.network.state_dict())
 
     @torch.no_grad()
     def _copy_buffers(self) -> None:
