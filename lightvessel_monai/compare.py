@@ -40,6 +40,7 @@ from monai.bundle import ConfigParser
 from lightvessel_monai.errors import ConfigKeyError, find_user_error
 from lightvessel_monai.evaluation import count_flops, evaluate_cases, mean_over_cases, summarise
 from lightvessel_monai.figures import dice_bar_chart, middle_slice, overlay_grid
+from lightvessel_monai.metrics import METRIC_NAMES
 from lightvessel_monai.networks import count_parameters
 from lightvessel_monai.report import cpu_latency_ms
 from lightvessel_monai.utils import load_state_dict_checked
@@ -51,7 +52,6 @@ logger = logging.getLogger("lightvessel_monai.compare")
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_CONFIG = REPO / "bundle" / "configs" / "train.json"
 METHODS_DIR = REPO / "configs" / "methods"
-METRICS = ("dice", "iou", "sensitivity", "specificity", "accuracy", "cldice", "hd95")
 NEVER_STEP = 10**9  # a validation interval that never fires: runs are evaluated once, after the budget
 
 
@@ -252,17 +252,17 @@ class Comparison:
     def write_outputs(self, teacher: dict[str, Any], results: Sequence[dict[str, Any]], methods: Sequence[str]) -> None:
         with open(self.output_dir / "runs.csv", "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["method", "seed", "iterations", "train_seconds", *METRICS])
+            writer.writerow(["method", "seed", "iterations", "train_seconds", *METRIC_NAMES])
             for r in results:
                 writer.writerow(
                     [r["method"], r["seed"], r["iterations"], r["train_seconds"]]
-                    + [round(r["metrics"][m], 4) for m in METRICS]
+                    + [round(r["metrics"][m], 4) for m in METRIC_NAMES]
                 )
         table: list[dict[str, Any]] = []
         for name in ["teacher", *methods]:
             runs = [teacher] if name == "teacher" else [r for r in results if r["method"] == name]
             row: dict[str, Any] = {"model": name, "seeds": len(runs) if name != "teacher" else "-"}
-            for metric in METRICS:
+            for metric in METRIC_NAMES:
                 row[f"{metric}_mean"], row[f"{metric}_std"] = summarise([r["metrics"][metric] for r in runs])
             for fact in ("params", "gflops", "cpu_latency_ms"):
                 row[fact] = runs[0][fact]
@@ -294,7 +294,7 @@ class Comparison:
         header += ["params", "GFLOPs", "CPU ms", "iterations"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in table:
-            cells = [row["model"], str(row["seeds"])] + [cell(row, m) for m in METRICS]
+            cells = [row["model"], str(row["seeds"])] + [cell(row, m) for m in METRIC_NAMES]
             cells += [
                 f"{row['params']:,}",
                 f"{row['gflops']:.2f}",

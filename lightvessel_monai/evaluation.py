@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightvessel_monai.metrics.segmentation import segmentation_metrics
 
-__all__ = ["count_flops", "evaluate_cases", "summarise"]
+__all__ = ["count_flops", "evaluate_cases", "mean_over_cases", "summarise"]
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-from lightvessel_monai.evaluation import count_flops, evaluate_cases, summarise
+from lightvessel_monai.evaluation import count_flops, evaluate_cases, mean_over_cases, summarise
 from lightvessel_monai.features import tap_channels
 from lightvessel_monai.figures import error_overlay
 from lightvessel_monai.handlers import HandlerGroup
@@ -126,6 +126,11 @@ def test_evaluate_cases_scores_inside_the_mask_only():
     unmasked, _ = evaluate_cases(Oracle(pred), [batch])
     assert unmasked[0]["dice"] == pytest.approx(2 * 4 / (8 + 4))
     assert kept[0].shape == (6, 6) and kept[0].sum() == 8
+
+
+def test_mean_over_cases_leaves_out_undefined_values():
+    rows = [{"dice": 0.5, "hd95": float("nan")}, {"dice": 1.0, "hd95": 4.0}]
+    assert mean_over_cases(rows) == {"dice": 0.75, "hd95": 4.0}
 
 
 def test_summarise_is_mean_and_sample_std_over_finite_values():

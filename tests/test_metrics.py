@@ -9,7 +9,6 @@ import torch
 from lightvessel_monai.metrics import (
     METRIC_NAMES,
     ClDiceMetric,
-    MetricsTable,
     cldice_score,
     compute_cldice,
     segmentation_metrics,
@@ -245,14 +244,3 @@ def test_segmentation_metrics_undefined_and_bad_input():
         segmentation_metrics(_onehot(empty), _onehot(np.zeros((6, 5), bool)))
     with pytest.raises(ValueError, match=r"\(1, K, H, W\)"):
         segmentation_metrics(torch.zeros(2, 6, 6), torch.zeros(2, 6, 6))
-
-
-def test_metrics_table_means_over_cases(tmp_path):
-    table = MetricsTable()
-    table.add("a", {"dice": 0.5, "hd95": float("nan")})
-    table.add("b", {"dice": 1.0, "hd95": 4.0})
-    assert len(table) == 2
-    assert table.mean() == {"dice": 0.75, "hd95": 4.0}
-    path = table.write_csv(tmp_path / "out" / "metrics.csv")
-    lines = open(path).read().splitlines()
-    assert lines[0] == "case,dice,hd95" and lines[-1] == "mean,0.75,4.0" and len(lines) == 4

@@ -1,12 +1,11 @@
 """Evaluation metrics: clDice (Shit et al., CVPR 2021) and per-case segmentation metrics inside an optional mask."""
 
 from lightvessel_monai.metrics.cldice import ClDiceMetric, cldice_score, compute_cldice, skeleton
-from lightvessel_monai.metrics.segmentation import METRIC_NAMES, MetricsTable, segmentation_metrics
+from lightvessel_monai.metrics.segmentation import METRIC_NAMES, segmentation_metrics
 
 __all__ = [
     "METRIC_NAMES",
     "ClDiceMetric",
-    "MetricsTable",
     "cldice_score",
     "compute_cldice",
     "segmentation_metrics",

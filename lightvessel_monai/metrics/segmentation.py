@@ -10,17 +10,12 @@ With a ``mask``, the pixel-counting metrics (Dice, IoU and the confusion-matrix 
 they are gathered into ``(1, K, N)`` and fed to MONAI's functions, so specificity and accuracy are not inflated by the
 easy background outside (the DRIVE convention: metrics inside the FOV). The shape-based metrics (clDice, HD95) see
 ``pred`` and ``label`` set to background outside the mask.
-
-:class:`MetricsTable` collects one row per case and averages them.
 """
 
 from __future__ import annotations
 
-import csv
-import math
-import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,7 +25,7 @@ from monai.utils import convert_to_tensor
 
 from lightvessel_monai.metrics.cldice import compute_cldice
 
-__all__ = ["METRIC_NAMES", "MetricsTable", "segmentation_metrics"]
+__all__ = ["METRIC_NAMES", "segmentation_metrics"]
 
 #: the keys of :func:`segmentation_metrics`, in report order
 METRIC_NAMES = ("dice", "iou", "sensitivity", "specificity", "accuracy", "cldice", "hd95")
@@ -116,40 +111,3 @@ def segmentation_metrics(
             p_shape, y_shape, include_background=include_background, percentile=95, spacing=spacing
         )
     return {name: _mean(metrics[name]) for name in METRIC_NAMES}
-
-
-class MetricsTable:
-    """Per-case metric rows and their mean over cases (``nan`` values left out of the mean)."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def add(self, case: str, metrics: Mapping[str, float]) -> dict[str, Any]:
-        """Append ``{"case": case, **metrics}`` and return it."""
-        row = {"case": case, **{k: float(v) for k, v in metrics.items()}}
-        self.rows.append(row)
-        return row
-
-    def mean(self) -> dict[str, float]:
-        """Mean of each metric over the cases where it is not ``nan`` (``nan`` when it never is)."""
-        names = [k for k in self.rows[0] if k != "case"] if self.rows else []
-        out = {}
-        for name in names:
-            values = [r[name] for r in self.rows if name in r and not math.isnan(r[name])]
-            out[name] = sum(values) / len(values) if values else float("nan")
-        return out
-
-    def write_csv(self, path: str | os.PathLike, with_mean: bool = True) -> str:
-        """Write the rows (and a last ``mean`` row) as CSV; returns the path."""
-        if not self.rows:
-            raise ValueError("MetricsTable is empty; add a case first")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        rows = self.rows + ([{"case": "mean", **self.mean()}] if with_mean else [])
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        return os.fspath(path)
