@@ -23,6 +23,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou,
 from monai.metrics.confusion_matrix import compute_confusion_matrix_metric
 from monai.utils import convert_to_tensor
 
+from lightvessel_monai.data.transforms import mask_outside
 from lightvessel_monai.metrics.cldice import compute_cldice
 
 __all__ = ["METRIC_NAMES", "segmentation_metrics"]
@@ -91,9 +92,7 @@ def segmentation_metrics(
     else:
         inside = _inside(mask, p.shape[2:], p.device)
         p_in, y_in = p[:, :, inside], y[:, :, inside]  # (1, K, N): the pixels inside the mask
-        background = torch.zeros((1, p.shape[1]) + (1,) * (p.ndim - 2), device=p.device)  # one-hot class 0
-        background[:, 0] = 1.0
-        p_shape, y_shape = torch.where(inside, p, background), torch.where(inside, y, background)
+        p_shape, y_shape = mask_outside(p[0], inside)[None], mask_outside(y[0], inside)[None]
 
     cm = get_confusion_matrix(p_in, y_in, include_background=include_background)
     metrics = {
