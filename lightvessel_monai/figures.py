@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["dice_bar_chart", "error_overlay", "overlay_grid", "middle_slice"]
+__all__ = ["dice_bar_chart", "error_overlay", "learning_curve_plot", "overlay_grid", "middle_slice"]
 
 
 def dice_bar_chart(
@@ -39,6 +39,30 @@ def dice_bar_chart(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return path
+
+
+def learning_curve_plot(
+    curves: Mapping[str, tuple[list[int], list[float]]],
+    path: str,
+    ylabel: str = "validation Dice",
+    title: str = "Learning curves",
+) -> str:
+    """Plot ``{label: (iterations, values)}`` as lines with markers against the training iteration; write a PNG."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.0), dpi=120)
+    for label, (iterations, values) in curves.items():
+        ax.plot(iterations, values, marker="o", markersize=3, label=f"{label} (best {max(values):.4f})")
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 

@@ -6,6 +6,8 @@
   and channels 1..7 are CT slices; each file is both the image and the label of its entry.
 * :func:`drive_datalist`: DRIVE (retinal fundus photographs, 2D), the 20 training triplets (RGB image, manual vessel
   mask, field-of-view mask) split 15/5 by their leading number: 21..35 for training, 36..40 for validation.
+* :func:`xca_datalist`: the XCA coronary angiograms (2D X-ray, 300 x 300), 40 frames with artery-tree masks, split
+  30/10 by number: 1..30 for training, 31..40 for validation.
 * :func:`write_datalist`: write such a ``{"training": [...], "validation": [...]}`` dict as a decathlon-style JSON,
   which :func:`lightvessel_monai.data.checks.load_datalist` (the bundle's ``train#datalist``) reads.
 
@@ -32,6 +34,8 @@ __all__ = [
     "lvsd300_datalist",
     "totalseg_example_datalist",
     "write_datalist",
+    "XCA_VALIDATION_NUMBERS",
+    "xca_datalist",
 ]
 
 TOTALSEG_IMAGE = "example_ct_sm.nii.gz"
@@ -43,6 +47,9 @@ _LVSD_NAME = re.compile(r"^\d+\.\d+\.nii\.gz$")
 #: DRIVE images held out for validation (the last 5 of 21..40); the other 15 train
 DRIVE_VALIDATION_NUMBERS = (36, 37, 38, 39, 40)
 _DRIVE_IMAGE = re.compile(r"^(\d+)_training\.tif$")
+#: XCA angiograms held out for validation (the last 10 of 1..40); the other 30 train
+XCA_VALIDATION_NUMBERS = tuple(range(31, 41))
+_XCA_IMAGE = re.compile(r"^(\d+)\.png$")
 
 
 def _require_files(root: Path, names: list[str], what: str) -> None:
@@ -159,6 +166,41 @@ def drive_datalist(root: str | os.PathLike, validation_numbers: Sequence[int] = 
         datalist["validation" if number in held_out else "training"].append(entry)
     if not datalist["training"]:
         raise DataError(f"DRIVE at {root}: every image is in validation_numbers, none is left for training")
+    return datalist
+
+
+def xca_datalist(root: str | os.PathLike, validation_numbers: Sequence[int] = XCA_VALIDATION_NUMBERS) -> dict:
+    """Datalist of the XCA coronary angiograms, split by the number in each file name.
+
+    ``root/training/N.png`` (an 8-bit grey X-ray angiogram, 300 x 300) is paired with ``root/training/N_gt.png``
+    (its artery-tree mask, ``{0, 255}`` but for a few anti-aliased pixels, which the overlay thresholds at 127).
+    Frames numbered in ``validation_numbers`` (default 31..40) form the validation split, the others (1..30) the
+    training split. The data set has no field-of-view mask: it is scored over the whole image.
+
+    Returns:
+        ``{"training": [{"image": ..., "label": ...}, ...], "validation": [...]}`` with absolute paths, in number order.
+
+    Raises:
+        DataError: the folder is missing or holds no ``N.png``, an angiogram lacks its mask, a validation number has
+            no angiogram, or a split would be empty.
+    """
+    root = Path(root).expanduser().absolute()
+    folder = root / "training"
+    found = sorted((int(m.group(1)), p) for p in folder.glob("*.png") if (m := _XCA_IMAGE.match(p.name)))
+    if not found:
+        raise DataError(f"XCA coronary angiograms not found at {folder} (no N.png)")
+    held_out = {int(n) for n in validation_numbers}
+    absent = sorted(held_out - {n for n, _ in found})
+    if absent:
+        raise DataError(f"XCA validation angiogram {absent[0]}.png not found at {folder}")
+    datalist: dict[str, list[dict[str, str]]] = {"training": [], "validation": []}
+    for number, image in found:
+        label = folder / f"{number}_gt.png"
+        if not label.is_file():
+            raise DataError(f"XCA vessel mask of {image.name} not found: {label}")
+        datalist["validation" if number in held_out else "training"].append({"image": str(image), "label": str(label)})
+    if not datalist["training"]:
+        raise DataError(f"XCA at {root}: every angiogram is in validation_numbers, none is left for training")
     return datalist
 
 

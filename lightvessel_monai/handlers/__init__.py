@@ -1,5 +1,6 @@
 from lightvessel_monai.handlers.adversarial import AdversarialUpdateHandler
 from lightvessel_monai.handlers.group import HandlerGroup
+from lightvessel_monai.handlers.learning_curve import LearningCurveHandler
 from lightvessel_monai.handlers.progress import ProgressBarHandler
 from lightvessel_monai.handlers.resume import ResumeCheckpoint
 from lightvessel_monai.handlers.self_teacher import SelfTeacherHandler, make_self_teacher
@@ -7,6 +8,7 @@ from lightvessel_monai.handlers.self_teacher import SelfTeacherHandler, make_sel
 __all__ = [
     "AdversarialUpdateHandler",
     "HandlerGroup",
+    "LearningCurveHandler",
     "ProgressBarHandler",
     "ResumeCheckpoint",
     "SelfTeacherHandler",

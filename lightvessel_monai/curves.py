@@ -1,0 +1,56 @@
+"""Learning curves: validation metric against training iteration, stored as CSV, and where a curve plateaus."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["plateau_iteration", "read_curve", "write_curve"]
+
+CURVE_COLUMNS = ("iteration", "epoch", "metric")
+
+
+def write_curve(path: str | os.PathLike, points: Sequence[tuple[int, int, float]]) -> str:
+    """Write ``(iteration, epoch, metric)`` rows to ``path`` as CSV, atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CURVE_COLUMNS)
+        writer.writerows((int(i), int(e), f"{float(m):.6f}") for i, e, m in points)
+    os.replace(tmp, path)
+    return str(path)
+
+
+def read_curve(path: str | os.PathLike) -> list[tuple[int, int, float]]:
+    """The rows of a curve written by :func:`write_curve` (``[]`` when the file does not exist)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return [(int(r["iteration"]), int(r["epoch"]), float(r["metric"])) for r in csv.DictReader(f)]
+
+
+def plateau_iteration(
+    iterations: Sequence[int], values: Sequence[float], tolerance: float = 0.005, fraction: float = 0.25
+) -> int | None:
+    """The first recorded iteration ``b`` at which the curve has stopped improving, or ``None`` if it never does.
+
+    ``b`` qualifies when the best value up to ``b`` exceeds the best value up to ``(1 - fraction) * b`` by less
+    than ``tolerance`` (0.5 Dice points over the last quarter by default). Best-so-far values are compared, so a
+    single noisy validation neither creates nor hides a plateau. At least one earlier point must lie in the first
+    ``1 - fraction`` of the run, so the first point alone is never a plateau.
+    """
+    if len(iterations) != len(values):
+        raise ValueError(f"plateau_iteration: {len(iterations)} iterations but {len(values)} values")
+    points = sorted(zip(iterations, values))
+    for k, (b, _) in enumerate(points):
+        earlier = [v for i, v in points[: k + 1] if i <= (1.0 - fraction) * b]
+        if not earlier:
+            continue
+        best_now = max(v for _, v in points[: k + 1])
+        if best_now - max(earlier) < tolerance:
+            return int(b)
+    return None
