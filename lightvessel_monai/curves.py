@@ -36,21 +36,19 @@ def read_curve(path: str | os.PathLike) -> list[tuple[int, int, float]]:
 def plateau_iteration(
     iterations: Sequence[int], values: Sequence[float], tolerance: float = 0.005, fraction: float = 0.25
 ) -> int | None:
-    """The first recorded iteration ``b`` at which the curve has stopped improving, or ``None`` if it never does.
+    """The first recorded iteration ``b`` after which the curve no longer improves, or ``None`` if none is shown.
 
-    ``b`` qualifies when the best value up to ``b`` exceeds the best value up to ``(1 - fraction) * b`` by less
-    than ``tolerance`` (0.5 Dice points over the last quarter by default). Best-so-far values are compared, so a
-    single noisy validation neither creates nor hides a plateau. At least one earlier point must lie in the first
-    ``1 - fraction`` of the run, so the first point alone is never a plateau.
+    ``b`` qualifies when the best value of the whole recorded run exceeds the best value up to ``b`` by less than
+    ``tolerance`` (0.5 Dice points by default), and the run went on for at least ``fraction`` of its length past
+    ``b`` (to ``b / (1 - fraction)``), so that a stretch of at least that length shows no gain. Best-so-far values are compared, so a noisy dip neither creates nor hides a plateau.
     """
     if len(iterations) != len(values):
         raise ValueError(f"plateau_iteration: {len(iterations)} iterations but {len(values)} values")
     points = sorted(zip(iterations, values))
+    if not points:
+        return None
+    best_all, last = max(v for _, v in points), points[-1][0]
     for k, (b, _) in enumerate(points):
-        earlier = [v for i, v in points[: k + 1] if i <= (1.0 - fraction) * b]
-        if not earlier:
-            continue
-        best_now = max(v for _, v in points[: k + 1])
-        if best_now - max(earlier) < tolerance:
+        if best_all - max(v for _, v in points[: k + 1]) < tolerance and last >= b / (1.0 - fraction):
             return int(b)
     return None
