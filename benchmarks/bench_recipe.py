@@ -77,10 +77,9 @@ def main() -> None:
             net = make()
             ms = step_ms(net, batch, patch, args.repeats, cl)
             fmt = "channels_last" if cl else "contiguous"
-            print(
-                f"| {name} | {count_parameters(net):,} | {patch}² | {batch} | {fmt} | {ms:.0f} | {batch / ms * 1000:.0f} |",
-                flush=True,
-            )
+            rate = batch / ms * 1000
+            row = f"| {name} | {count_parameters(net):,} | {patch}² | {batch} | {fmt} | {ms:.0f} | {rate:.0f} |"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -40,11 +40,12 @@ def plateau_iteration(
 
     ``b`` qualifies when the best value of the whole recorded run exceeds the best value up to ``b`` by less than
     ``tolerance`` (0.5 Dice points by default), and the run went on for at least ``fraction`` of its length past
-    ``b`` (to ``b / (1 - fraction)``), so that a stretch of at least that length shows no gain. Best-so-far values are compared, so a noisy dip neither creates nor hides a plateau.
+    ``b`` (to ``b / (1 - fraction)``), so that a stretch of at least that length shows no gain. Best-so-far values
+    are compared, so a noisy dip neither creates nor hides a plateau.
     """
     if len(iterations) != len(values):
         raise ValueError(f"plateau_iteration: {len(iterations)} iterations but {len(values)} values")
-    points = sorted(zip(iterations, values))
+    points = sorted(zip(iterations, values, strict=True))
     if not points:
         return None
     best_all, last = max(v for _, v in points), points[-1][0]
