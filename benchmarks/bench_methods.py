@@ -4,7 +4,11 @@ Every method is built from ``bundle/configs/train.json`` (+ an optional data ove
 exactly as the bundle builds it: the overlay's distillers, weights, loss, optimiser (student + adapters/heads) and
 ``method_handlers`` (critic updates, self-teacher), in a ``DistillationTrainer`` that runs on one fixed in-memory
 batch. Methods are timed in interleaved rounds so that machine noise hits them alike; the table gives the median
-time per iteration and its ratio to ``none`` (the student alone).
+time per iteration and its ratio to ``none`` (the student alone), and where the iteration goes: the teacher forward,
+the student forward, the distillation terms' forward, the critic update, and the rest (backward, optimiser step,
+segmentation loss, engine). Forward phases are timed by forward hooks, the critic by wrapping its ``step``. The terms'
+own cost is their forward plus the backward they add: ``terms fwd + (rest - rest of none)``; the last column compares
+it with the teacher forward.
 
     python benchmarks/bench_methods.py [--data configs/data/synthetic_3d.json] [--batch 16] [--rounds 5] [--steps 4]
 """
@@ -22,7 +26,7 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
-from lightvessel_monai.handlers import HandlerGroup
+from lightvessel_monai.handlers import AdversarialUpdateHandler, HandlerGroup
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "bundle" / "configs" / "train.json"
@@ -38,6 +42,7 @@ def build_trainer(method: str, data: str | None, batches: list[dict], root: str)
     from lightvessel_monai.engines import DistillationTrainer
 
     use_teacher = parser.get_parsed_content("use_teacher")
+    handlers = parser.get_parsed_content("method_handlers")
     trainer = DistillationTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
@@ -50,18 +55,64 @@ def build_trainer(method: str, data: str | None, batches: list[dict], root: str)
         student_taps=parser.get_parsed_content("student_taps"),
         distillers=parser.get_parsed_content("distillers"),
         distiller_weights=parser.get_parsed_content("distiller_weights"),
-        train_handlers=[HandlerGroup(parser.get_parsed_content("method_handlers"))],
+        train_handlers=[HandlerGroup(handlers)],
     )
+    trainer.bench_method_handlers = handlers
     for name in ("StatsHandler", trainer.logger.name):
         logging.getLogger(name).setLevel(logging.WARNING)
     return trainer
 
 
-def time_epoch(trainer, steps: int) -> float:
-    """Seconds per iteration of one epoch of ``steps`` iterations (a finished engine restarts on ``run``)."""
+class PhaseTimer:
+    """Accumulated wall time of module forwards (pre/post forward hooks) and of wrapped callables, per phase."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    def time_module(self, module: torch.nn.Module, phase: str) -> None:
+        module.register_forward_pre_hook(lambda m, a: self._start.__setitem__(phase, time.perf_counter()))
+        module.register_forward_hook(lambda m, a, o: self.add(phase, time.perf_counter() - self._start[phase]))
+
+    def time_call(self, owner: object, name: str, phase: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.add(phase, time.perf_counter() - start)
+
+        setattr(owner, name, timed)  # an instance attribute: shadows the method for this object only
+
+
+def instrument(trainer) -> PhaseTimer:
+    timer = PhaseTimer()
+    if trainer.teacher is not None:
+        timer.time_module(trainer.teacher, "teacher")
+    timer.time_module(trainer.network, "student")
+    for distiller in trainer.distillers.values():
+        timer.time_module(distiller, "terms")
+    for handler in trainer.bench_method_handlers:
+        if isinstance(handler, AdversarialUpdateHandler):
+            timer.time_call(handler, "step", "critic")
+    return timer
+
+
+def time_epoch(trainer, timer: PhaseTimer, steps: int) -> dict[str, float]:
+    """Milliseconds per iteration, in all and per phase, of one epoch of ``steps`` iterations."""
+    timer.seconds = {}
     start = time.perf_counter()
-    trainer.run()
-    return (time.perf_counter() - start) / steps
+    trainer.run()  # a finished engine restarts on ``run``
+    total = time.perf_counter() - start
+    phases = {k: v * 1000 / steps for k, v in timer.seconds.items()}
+    phases["total"] = total * 1000 / steps
+    phases["rest"] = phases["total"] - sum(phases.get(k, 0.0) for k in ("teacher", "student", "terms", "critic"))
+    return phases
 
 
 def main() -> None:
@@ -84,26 +135,39 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as root:
         trainers = {m: build_trainer(m, args.data, [batch] * args.steps, root) for m in methods}
+        timers = {m: instrument(t) for m, t in trainers.items()}
         for trainer in trainers.values():  # warm-up: the first iterations allocate
             trainer.run()
-        samples: dict[str, list[float]] = {m: [] for m in methods}
+        samples: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
         for _ in range(args.rounds):
             for m in methods:
-                samples[m].append(time_epoch(trainers[m], args.steps))
+                samples[m].append(time_epoch(trainers[m], timers[m], args.steps))
 
-    medians = {m: statistics.median(v) * 1000 for m, v in samples.items()}
+    phases = ("total", "teacher", "student", "terms", "critic", "rest")
+    med = {m: {p: statistics.median(r.get(p, 0.0) for r in rows) for p in phases} for m, rows in samples.items()}
+    medians = {m: med[m]["total"] for m in methods}
     base = medians.get("none")
+    rest_none = med["none"]["rest"] if "none" in med else None
     shape = "x".join(str(s) for s in patch)
     cpu = platform.processor() or platform.machine()
     print(f"machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(
         f"one iteration = {args.batch} patches of {shape}; median of {args.rounds} rounds x {args.steps} iterations\n"
     )
-    print("| method | ms / iteration | vs none |")
-    print("|---|---|---|")
+    print(
+        "| method | ms / iteration | vs none | teacher fwd | student fwd | terms fwd | critic step | rest "
+        "(backward, step, seg. loss) | terms in all | terms / teacher fwd |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for m in methods:
+        p = med[m]
         ratio = f"{medians[m] / base:.2f}x" if base else "-"
-        print(f"| {m} | {medians[m]:.0f} | {ratio} |")
+        terms = p["terms"] + p["critic"] + (p["rest"] - rest_none if rest_none is not None else 0.0)
+        versus = f"{terms / p['teacher']:.2f}" if p["teacher"] > 0 and m != "none" else "-"
+        print(
+            f"| {m} | {p['total']:.0f} | {ratio} | {p['teacher']:.0f} | {p['student']:.0f} | {p['terms']:.0f} | "
+            f"{p['critic']:.0f} | {p['rest']:.0f} | {terms if m != 'none' else 0:.0f} | {versus} |"
+        )
 
 
 if __name__ == "__main__":

@@ -225,7 +225,7 @@ def test_drive_training_crops_keep_the_fov(drive_item):
     crops = parser.get_parsed_content("train#preprocessing")(entry)
     assert len(crops) == parser["samples_per_image"]
     for crop in crops:
-        assert crop["image"].shape == crop["label"].shape == crop["fov"].shape == (1, 128, 128)
+        assert crop["image"].shape == crop["label"].shape == crop["fov"].shape == (1, 96, 96)
         assert crop["fov"].sum() > 0  # centred inside the FOV
         assert torch.all(crop["image"][crop["fov"] == 0] == 0)
 
