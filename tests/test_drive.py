@@ -258,3 +258,12 @@ def test_drive_inference_estimates_the_fov(tmp_path):
     given = np.asarray(Image.open(DRIVE / "training" / "mask" / "21_training_mask.gif")).T > 0
     assert np.mean((item["fov"].numpy()[0] > 0) != given) < 0.01
     assert abs(float(item["image"][item["fov"] > 0].mean())) < 1e-4
+
+
+def test_drive_validation_inferer_keeps_the_input_size():
+    parser = _parser(CONFIGS / "train.json", OVERLAY)
+    inferer = parser.get_parsed_content("validate#inferer")
+    x = torch.randn(1, 1, 565, 584)  # DRIVE's size is not divisible by the UNets' downsampling
+    with torch.no_grad():
+        for key in ("network", "teacher"):
+            assert inferer(x, parser.get_parsed_content(key).eval()).shape == (1, 2, 565, 584), key
