@@ -21,6 +21,24 @@ def tiny_unet(spatial_dims: int, features=(4, 4, 8, 8, 16, 4), out_channels: int
     return BasicUNet(spatial_dims=spatial_dims, in_channels=1, out_channels=out_channels, features=features)
 
 
+def config_parser(*configs, **overrides):
+    """A ``ConfigParser`` of ``configs`` (merged in order) with ``overrides`` set on top."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(c) for c in configs])
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def leading_number(path) -> int:
+    """The number a data file's name starts with (``21_training.tif`` -> 21, ``7_gt.png`` -> 7)."""
+    import re
+
+    return int(re.match(r"^(\d+)", Path(path).name).group(1))
+
+
 def python() -> str:
     return sys.executable
 

@@ -3,13 +3,11 @@
 Tests that read the real images skip when ``../shared/data/DRIVE`` is absent; the others build their own tiny data.
 """
 
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from PIL import Image
 
@@ -24,7 +22,7 @@ from lightvessel_monai.data.transforms import (
 )
 from lightvessel_monai.errors import DataError
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, config_parser, leading_number
 
 DRIVE = SHARED_DATA / "DRIVE"
 CONFIGS = REPO / "bundle" / "configs"
@@ -36,16 +34,8 @@ def _require_drive() -> None:
         pytest.skip(f"DRIVE not found at {DRIVE} (../shared is absent)")
 
 
-def _parser(*configs: str, **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([str(c) for c in configs])
-    for key, value in overrides.items():
-        parser[key] = value
-    return parser
 
 
-def _number(path: str) -> int:
-    return int(re.match(r"^(\d+)_", Path(path).name).group(1))
 
 
 def _fake_drive(root: Path, numbers=range(21, 41)) -> Path:
@@ -65,20 +55,20 @@ def _fake_drive(root: Path, numbers=range(21, 41)) -> Path:
 def _check_split(datalist: dict) -> None:
     train, val = datalist["training"], datalist["validation"]
     assert len(train) == 15 and len(val) == 5
-    assert [_number(e["image"]) for e in train] == list(range(21, 36))
-    assert [_number(e["image"]) for e in val] == list(DRIVE_VALIDATION_NUMBERS) == list(range(36, 41))
+    assert [leading_number(e["image"]) for e in train] == list(range(21, 36))
+    assert [leading_number(e["image"]) for e in val] == list(DRIVE_VALIDATION_NUMBERS) == list(range(36, 41))
     assert not {e["image"] for e in train} & {e["image"] for e in val}
     for entry in train + val:
         assert sorted(entry) == ["fov", "image", "label"]
-        n = _number(entry["image"])
-        assert _number(entry["label"]) == n and _number(entry["fov"]) == n, entry
+        n = leading_number(entry["image"])
+        assert leading_number(entry["label"]) == n and leading_number(entry["fov"]) == n, entry
         assert Path(entry["label"]).parent.name == "1st_manual" and Path(entry["fov"]).parent.name == "mask"
 
 
 def test_drive_datalist_split_on_the_layout(tmp_path):
     _check_split(drive_datalist(_fake_drive(tmp_path)))
     custom = drive_datalist(tmp_path, validation_numbers=[21, 22])
-    assert [_number(e["image"]) for e in custom["validation"]] == [21, 22] and len(custom["training"]) == 18
+    assert [leading_number(e["image"]) for e in custom["validation"]] == [21, 22] and len(custom["training"]) == 18
 
 
 def test_drive_datalist_split_on_the_real_data():
@@ -201,7 +191,7 @@ def test_mask_outside_sets_background(spatial):
 def drive_item(tmp_path_factory):
     """The overlay's preprocessing of image 21 (train.json + drive.json)."""
     _require_drive()
-    parser = _parser(CONFIGS / "train.json", OVERLAY, bundle_root=str(tmp_path_factory.mktemp("bundle")))
+    parser = config_parser(CONFIGS / "train.json", OVERLAY, bundle_root=str(tmp_path_factory.mktemp("bundle")))
     entry = drive_datalist(DRIVE)["training"][0]
     return parser, entry, parser.get_parsed_content("preprocessing")(entry)
 
@@ -245,13 +235,13 @@ def test_drive_overlay_datalist_and_validation_postprocessing(drive_item, tmp_pa
 
 
 def test_validation_postprocessing_is_unmasked_without_eval_mask_key():
-    post = _parser(CONFIGS / "train.json").get_parsed_content("validate#postprocessing")
+    post = config_parser(CONFIGS / "train.json").get_parsed_content("validate#postprocessing")
     assert [type(t).__name__ for t in post.transforms] == ["Activationsd", "AsDiscreted"]
 
 
 def test_drive_inference_estimates_the_fov(tmp_path):
     _require_drive()
-    parser = _parser(CONFIGS / "inference.json", OVERLAY, bundle_root=str(tmp_path))
+    parser = config_parser(CONFIGS / "inference.json", OVERLAY, bundle_root=str(tmp_path))
     files = parser.get_parsed_content("datalist")
     assert len(files) == 20 and sorted(files[0]) == ["image"]
     item = parser.get_parsed_content("preprocessing")(files[0])
@@ -261,7 +251,7 @@ def test_drive_inference_estimates_the_fov(tmp_path):
 
 
 def test_drive_validation_inferer_keeps_the_input_size():
-    parser = _parser(CONFIGS / "train.json", OVERLAY)
+    parser = config_parser(CONFIGS / "train.json", OVERLAY)
     inferer = parser.get_parsed_content("validate#inferer")
     x = torch.randn(1, 1, 565, 584)  # DRIVE's size is not divisible by the UNets' downsampling
     with torch.no_grad():

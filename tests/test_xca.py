@@ -3,20 +3,18 @@
 Tests that read the real angiograms skip when ``../shared/data/XCA_coronary_vessels`` is absent.
 """
 
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
 from lightvessel_monai.data.datasets import XCA_VALIDATION_NUMBERS, xca_datalist
 from lightvessel_monai.errors import DataError
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, config_parser, leading_number
 from test_bundle import run_bundle
 
 XCA = SHARED_DATA / "XCA_coronary_vessels"
@@ -29,16 +27,8 @@ def _require_xca() -> None:
         pytest.skip(f"XCA coronary angiograms not found at {XCA} (../shared is absent)")
 
 
-def _parser(*configs, **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([str(c) for c in configs])
-    for key, value in overrides.items():
-        parser[key] = value
-    return parser
 
 
-def _number(path: str) -> int:
-    return int(re.match(r"^(\d+)", Path(path).name).group(1))
 
 
 def _fake_xca(root: Path, numbers=range(1, 41)) -> Path:
@@ -51,17 +41,17 @@ def _fake_xca(root: Path, numbers=range(1, 41)) -> Path:
 
 def _check_split(datalist: dict) -> None:
     train, val = datalist["training"], datalist["validation"]
-    assert [_number(e["image"]) for e in train] == list(range(1, 31))
-    assert [_number(e["image"]) for e in val] == list(XCA_VALIDATION_NUMBERS) == list(range(31, 41))
+    assert [leading_number(e["image"]) for e in train] == list(range(1, 31))
+    assert [leading_number(e["image"]) for e in val] == list(XCA_VALIDATION_NUMBERS) == list(range(31, 41))
     for entry in train + val:
         assert sorted(entry) == ["image", "label"]
-        assert Path(entry["label"]).name == f"{_number(entry['image'])}_gt.png"
+        assert Path(entry["label"]).name == f"{leading_number(entry['image'])}_gt.png"
 
 
 def test_xca_datalist_split_on_the_layout(tmp_path):
     _check_split(xca_datalist(_fake_xca(tmp_path)))
     custom = xca_datalist(tmp_path, validation_numbers=[1, 2, 3])
-    assert [_number(e["image"]) for e in custom["validation"]] == [1, 2, 3] and len(custom["training"]) == 37
+    assert [leading_number(e["image"]) for e in custom["validation"]] == [1, 2, 3] and len(custom["training"]) == 37
 
 
 def test_xca_missing_data_is_one_line(tmp_path):
@@ -82,7 +72,7 @@ def test_xca_missing_data_is_one_line(tmp_path):
 def test_xca_split_and_preprocessing_on_the_real_data(tmp_path):
     _require_xca()
     _check_split(xca_datalist(XCA))
-    parser = _parser(CONFIGS / "train.json", OVERLAY, bundle_root=str(tmp_path))
+    parser = config_parser(CONFIGS / "train.json", OVERLAY, bundle_root=str(tmp_path))
     assert len(parser.get_parsed_content("train#datalist")) == 30  # the pre-flight checks read every file
     assert len(parser.get_parsed_content("validate#datalist")) == 10
     entry = xca_datalist(XCA)["training"][0]
@@ -106,7 +96,7 @@ def test_xca_split_and_preprocessing_on_the_real_data(tmp_path):
 
 
 def test_xca_validation_inferer_keeps_the_input_size():
-    parser = _parser(CONFIGS / "train.json", OVERLAY)
+    parser = config_parser(CONFIGS / "train.json", OVERLAY)
     inferer = parser.get_parsed_content("validate#inferer")
     student, teacher = parser.get_parsed_content("network"), parser.get_parsed_content("teacher")
     x = torch.randn(1, 1, 300, 300)  # not divisible by the networks' downsampling
@@ -117,11 +107,11 @@ def test_xca_validation_inferer_keeps_the_input_size():
 
 def test_xca_overlay_parses_on_inference_and_evaluate(tmp_path):
     _require_xca()
-    inference = _parser(CONFIGS / "inference.json", OVERLAY, bundle_root=str(tmp_path))
+    inference = config_parser(CONFIGS / "inference.json", OVERLAY, bundle_root=str(tmp_path))
     files = inference.get_parsed_content("datalist")
     assert len(files) == 40 and not any("_gt" in f["image"] for f in files)
     assert list(inference.get_parsed_content("inferer").roi_size) == [320, 320]
-    evaluate = _parser(CONFIGS / "train.json", CONFIGS / "evaluate.json", OVERLAY, bundle_root=str(tmp_path))
+    evaluate = config_parser(CONFIGS / "train.json", CONFIGS / "evaluate.json", OVERLAY, bundle_root=str(tmp_path))
     names = [type(t).__name__ for t in evaluate.get_parsed_content("validate#postprocessing").transforms]
     assert "SaveImaged" in names and "MaskOutsided" not in names  # no field of view: the whole image is scored
 
