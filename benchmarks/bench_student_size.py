@@ -99,10 +99,11 @@ def main() -> None:
         minutes = (time.perf_counter() - start) / 60
         points = read_curve(run_dir / "eval" / "student_curve.csv")
         its, dice = [p[0] for p in points], [p[2] for p in points]
-        curves[f"{spec} ({student_params(configs, channels):,} params)"] = (its, dice)
+        params = student_params(configs, channels)
+        curves[f"{spec} ({params:,} params)"] = (its, dice)
         best = max(range(len(dice)), key=dice.__getitem__)
         plateau = plateau_iteration(its, dice)
-        rows.append((spec, student_params(configs, channels), dice[best], its[best], plateau, dice[-1], minutes))
+        rows.append((spec, params, dice[best], its[best], plateau, dice[-1], minutes))
         print(f"{spec}: best {dice[best]:.4f} at {its[best]}, plateau {plateau}, {minutes:.1f} min", flush=True)
     learning_curve_plot(curves, str(out / "curves.png"), title=f"none student, {Path(args.data).stem}")
     print(f"\n{args.data}, {epochs} epochs x {per_epoch} iterations, validation every {val_interval} epochs, "

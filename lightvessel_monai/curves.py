@@ -49,7 +49,9 @@ def plateau_iteration(
     if not points:
         return None
     best_all, last = max(v for _, v in points), points[-1][0]
-    for k, (b, _) in enumerate(points):
-        if best_all - max(v for _, v in points[: k + 1]) < tolerance and last >= b / (1.0 - fraction):
+    best_so_far = float("-inf")
+    for b, value in points:
+        best_so_far = max(best_so_far, value)
+        if best_all - best_so_far < tolerance and last >= b / (1.0 - fraction):
             return int(b)
     return None

@@ -21,7 +21,9 @@ class LearningCurveHandler:
     Attach it to the *trainer*, after its ``ValidationHandler`` (ignite runs handlers of one event in order of
     attachment, so the validation of the epoch has finished when this handler reads it). After every validation
     it rewrites ``<output_dir>/<name>_curve.csv`` (``iteration, epoch, metric``, atomically) and at the end of the
-    run ``<name>_curve.png``. A resumed run keeps the points recorded before the interruption (re-read from the CSV).
+    run ``<name>_curve.png``. A resumed run keeps the points recorded before the interruption (re-read from the CSV);
+    for that it must also come after the ``ResumeCheckpoint`` handler, whose ``STARTED`` handler restores the
+    iteration it reads (``train.json`` lists it last).
 
     Args:
         evaluator: the ``SupervisedEvaluator`` run by the trainer's ``ValidationHandler``.
