@@ -11,13 +11,18 @@ own cost is their forward plus the backward they add: ``terms fwd + (rest - rest
 it with the teacher forward.
 
     python benchmarks/bench_methods.py [--data configs/data/synthetic_3d.json] [--batch 16] [--rounds 5] [--steps 4]
+
+A method may carry config overrides, ``name+key=json+key=json``, to time variants side by side, e.g.
+``--methods none,lightvessel,"lightvessel+critic_channels=[8,16,32,64]"``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -33,10 +38,25 @@ TRAIN = REPO / "bundle" / "configs" / "train.json"
 METHODS = ["none", "kd", "at", "cwd", "skd", "emkd", "dskd", "dskd_kd", "lightvessel"]
 
 
-def build_trainer(method: str, data: str | None, batches: list[dict], root: str):
+def split_variant(spec: str) -> tuple[str, dict[str, object]]:
+    """``"lightvessel+critic_channels=[8,16]"`` -> ``("lightvessel", {"critic_channels": [8, 16]})``."""
+    method, *items = spec.split("+")
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--methods: '{item}' in '{spec}' is not KEY=JSON")
+        overrides[key] = json.loads(value)
+    return method, overrides
+
+
+def build_trainer(spec: str, data: str | None, batches: list[dict], root: str):
+    method, overrides = split_variant(spec)
     parser = ConfigParser()
     parser.read_config([str(TRAIN)] + ([data] if data else []) + [str(REPO / "configs" / "methods" / f"{method}.json")])
     parser["bundle_root"] = root
+    for key, value in overrides.items():
+        parser[key] = value
     parser["device"] = "$torch.device('cpu')"
     parser["asd_warmup"] = 0
     from lightvessel_monai.engines import DistillationTrainer
@@ -124,7 +144,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="iterations per method per round")
     args = ap.parse_args()
     torch.manual_seed(0)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    # commas inside [...] belong to an override's JSON list, not to the method list
+    methods = [m.strip() for m in re.split(r",(?![^\[]*\])", args.methods) if m.strip()]
 
     probe = ConfigParser()
     probe.read_config([str(TRAIN)] + ([args.data] if args.data else []))

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from scipy.ndimage import binary_dilation
+from skimage.exposure import equalize_adapthist
 
 from lightvessel_monai.data.datasets import XCA_VALIDATION_NUMBERS, xca_datalist
 from lightvessel_monai.errors import DataError
@@ -25,10 +26,6 @@ OVERLAY = str(REPO / "configs" / "data" / "xca.json")
 def _require_xca() -> None:
     if not XCA.is_dir():
         pytest.skip(f"XCA coronary angiograms not found at {XCA} (../shared is absent)")
-
-
-
-
 
 
 def _fake_xca(root: Path, numbers=range(1, 41)) -> Path:
@@ -82,11 +79,15 @@ def test_xca_split_and_preprocessing_on_the_real_data(tmp_path):
     assert set(np.unique(label)) == {0.0, 1.0}
     raw_mask = np.asarray(Image.open(entry["label"])).T  # PIL (H, W) -> MONAI (W, H)
     np.testing.assert_array_equal(label, raw_mask > 127.5)
-    # inverted and standardised: the hand computation, and vessels (dark in the X-ray) come out bright
+    # the hand computation: collimator mask (raw > threshold), CLAHE of the [0, 1]-scaled frame, inverted and
+    # standardised inside the mask, 0 outside; vessels (dark in the X-ray) come out bright
     raw = np.asarray(Image.open(entry["image"])).T.astype(np.float64)
-    inverted = (raw.max() - raw) / (raw.max() - raw.min())
-    expected = (inverted - inverted.mean()) / inverted.std()
+    inside = raw > parser["collimator_threshold"]
+    equalised = equalize_adapthist((raw - raw.min()) / (raw.max() - raw.min()), clip_limit=parser["clahe_clip_limit"])
+    inverted = -equalised
+    expected = np.where(inside, (inverted - inverted[inside].mean()) / inverted[inside].std(), 0.0)
     np.testing.assert_allclose(image, expected, atol=1e-4)
+    assert "fov" not in item  # the collimator mask is used up, not carried into batches
     vessel = label > 0
     ring = binary_dilation(vessel, iterations=4) & ~binary_dilation(vessel, iterations=1)
     assert image[vessel].mean() > image[ring].mean() + 0.3  # brighter than the background right around them
