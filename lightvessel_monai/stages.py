@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import torch
 from monai.data.utils import set_rnd
 from monai.utils import set_determinism
 from torch import nn
@@ -17,17 +21,74 @@ from torch import nn
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 from lightvessel_monai.utils import load_state_dict_checked
 
-__all__ = ["teacher_fingerprint", "cached_teacher_path", "TeacherStage"]
+__all__ = ["describe", "teacher_fingerprint", "cached_teacher_path", "TeacherStage"]
 
 logger = logging.getLogger(__name__)
 
 
-def teacher_fingerprint(teacher: nn.Module, datalist: Sequence[Mapping] | None = None, settings: Any = None) -> str:
-    """A short hash of what determines a trained teacher: architecture, training data and settings."""
+_SIMPLE = (bool, int, float, str, type(None))
+_OPAQUE = (np.ndarray, torch.Tensor, np.random.RandomState)
+
+
+def _init_parameters(cls: type) -> set[str]:
+    try:
+        return set(inspect.signature(cls.__init__).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def describe(obj: Any, depth: int = 6) -> Any:
+    """A JSON-able description of a transform chain or a loss: class names and their settings.
+
+    Of an object's public attributes, those named like a parameter of its ``__init__`` are kept (the settings:
+    ``prob``, ``keys``, ``minv``, ...) and nested objects (the array transform inside a dictionary transform, a
+    ``Compose``'s list, a loss's sub-losses) are described in turn, up to ``depth`` levels. Values a random
+    transform draws as it runs (``gamma_value``, ``centers``, ...) are not ``__init__`` parameters and are left
+    out, as are random states and arrays of more than 64 values: the description depends only on the configuration.
+    """
+    if isinstance(obj, _SIMPLE):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [describe(x, depth) for x in obj] if depth > 0 else len(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): describe(v, depth - 1) for k, v in obj.items()} if depth > 0 else len(obj)
+    if isinstance(obj, torch.dtype):
+        return str(obj)
+    name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if depth <= 0 or not hasattr(obj, "__dict__") or isinstance(obj, _OPAQUE):
+        return name
+    settings = _init_parameters(type(obj))
+    fields = {}
+    for key, value in sorted(vars(obj).items()):
+        if key.startswith("_") or isinstance(value, np.random.RandomState):
+            continue
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            if key in settings and math.prod(value.shape) <= 64:
+                fields[key] = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value).tolist()
+            continue  # a large array is data (a kernel, a cached grid), not a setting
+        nested = hasattr(value, "__dict__") and not isinstance(value, (type, torch.dtype))
+        if key in settings or nested:
+            fields[key] = describe(value, depth - 1)
+    if isinstance(obj, nn.Module):  # sub-losses and layers live in the private _modules
+        fields.update({key: describe(child, depth - 1) for key, child in obj.named_children()})
+    return {name: fields}
+
+
+def teacher_fingerprint(
+    teacher: nn.Module, datalist: Sequence[Mapping] | None = None, settings: Any = None, recipe: Any = None
+) -> str:
+    """A short hash of what determines a trained teacher: architecture, training data, settings and recipe.
+
+    ``recipe`` is what else shapes the teacher, e.g. ``{"transforms": <the training Compose>, "loss": <loss>}``:
+    it enters the hash through :func:`describe`, so that changing the preprocessing, the augmentation or the loss
+    trains a new teacher instead of reusing one trained on differently prepared data.
+    """
     shapes = [(name, tuple(t.shape)) for name, t in teacher.state_dict().items()]
     files = [sorted((k, os.path.basename(str(v))) for k, v in item.items()) for item in (datalist or [])]
-    blob = json.dumps({"arch": repr(teacher), "shapes": shapes, "data": files, "settings": settings}, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    blob = {"arch": repr(teacher), "shapes": shapes, "data": files, "settings": settings}
+    if recipe is not None:
+        blob["recipe"] = describe(recipe)
+    return hashlib.sha256(json.dumps(blob, default=str).encode()).hexdigest()[:12]
 
 
 def cached_teacher_path(teacher_dir: str, fingerprint: str) -> str:
