@@ -106,6 +106,14 @@ def test_xca_validation_inferer_keeps_the_input_size():
             assert inferer(x, net).shape == (1, 2, 300, 300)
 
 
+@pytest.mark.parametrize("method,critic", [("lightvessel", "discriminator"), ("skd", "skd_discriminator")])
+def test_real_data_recipes_set_the_critic_of_both_adversarial_methods(method, critic):
+    for overlay in (OVERLAY, str(REPO / "configs" / "data" / "drive.json")):
+        parser = config_parser(CONFIGS / "train.json", overlay, REPO / "configs" / "methods" / f"{method}.json")
+        convs = [m for m in parser.get_parsed_content(critic).modules() if isinstance(m, torch.nn.Conv2d)]
+        assert [c.out_channels for c in convs] == parser["critic_channels"] == [8, 16, 32, 64]
+
+
 def test_xca_overlay_parses_on_inference_and_evaluate(tmp_path):
     _require_xca()
     inference = config_parser(CONFIGS / "inference.json", OVERLAY, bundle_root=str(tmp_path))
