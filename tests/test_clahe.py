@@ -54,6 +54,10 @@ def test_dictionary_version_and_bad_input():
     assert not torch.equal(d["image"], x)
     with pytest.raises(ValueError, match=r"values in \[0, 1\], got \[0, 255\]"):
         AdaptiveHistogramEqualize()(torch.tensor([[[0.0, 255.0], [3.0, 4.0]]]))
+    unscaled = MetaTensor(torch.full((1, 4, 4), 200.0), meta={"filename_or_obj": "/data/7.png"})
+    with pytest.raises(ValueError, match=r"key 'image': .*got \[200, 200\] \(/data/7.png\)") as info:
+        AdaptiveHistogramEqualized("image")({"image": unscaled})
+    assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="channel-first"):
         AdaptiveHistogramEqualize()(torch.zeros(8, 8))
     with pytest.raises(ValueError, match="clip_limit"):

@@ -34,10 +34,6 @@ def _require_drive() -> None:
         pytest.skip(f"DRIVE not found at {DRIVE} (../shared is absent)")
 
 
-
-
-
-
 def _fake_drive(root: Path, numbers=range(21, 41)) -> Path:
     """Empty files with DRIVE's layout (the datalist only lists files)."""
     for sub in ("images", "1st_manual", "mask"):

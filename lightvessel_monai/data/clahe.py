@@ -25,6 +25,8 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_numpy, convert_to_tensor
 from skimage.exposure import equalize_adapthist
 
+from lightvessel_monai.data.transforms import _name
+
 __all__ = ["AdaptiveHistogramEqualize", "AdaptiveHistogramEqualized"]
 
 
@@ -46,11 +48,15 @@ class AdaptiveHistogramEqualize(Transform):
     def __call__(self, img: Any) -> torch.Tensor:
         x = convert_to_numpy(img, wrap_sequence=True).astype(np.float64)
         if x.ndim < 3:
-            raise ValueError(f"AdaptiveHistogramEqualize expects a channel-first image (C, *spatial), got {x.shape}")
+            raise ValueError(
+                f"AdaptiveHistogramEqualize expects a channel-first image (C, *spatial), got {x.shape}{_name(img)}"
+            )
         lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
             # skimage would rescale silently; an unscaled image here is a pipeline error, so say so.
-            raise ValueError(f"AdaptiveHistogramEqualize expects values in [0, 1], got [{lo:.4g}, {hi:.4g}]")
+            raise ValueError(
+                f"AdaptiveHistogramEqualize expects values in [0, 1], got [{lo:.4g}, {hi:.4g}]{_name(img)}"
+            )
         kwargs = {"kernel_size": self.kernel_size, "clip_limit": self.clip_limit, "nbins": self.nbins}
         out = np.stack([equalize_adapthist(c, **kwargs) for c in x]).astype(np.float32)
         ref = convert_to_tensor(img, track_meta=get_track_meta())
@@ -74,5 +80,8 @@ class AdaptiveHistogramEqualized(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.equalize(d[key])
+            try:
+                d[key] = self.equalize(d[key])
+            except ValueError as err:
+                raise ValueError(f"AdaptiveHistogramEqualized, key '{key}': {err}") from None
         return d
