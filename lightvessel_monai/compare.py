@@ -43,6 +43,7 @@ from lightvessel_monai.figures import dice_bar_chart, middle_slice, overlay_grid
 from lightvessel_monai.metrics import METRIC_NAMES
 from lightvessel_monai.networks import count_parameters
 from lightvessel_monai.report import cpu_latency_ms
+from lightvessel_monai.significance import bootstrap_mean_ci, paired_difference
 from lightvessel_monai.utils import load_state_dict_checked
 
 __all__ = ["main", "compare", "method_config"]
@@ -53,6 +54,8 @@ REPO = Path(__file__).resolve().parent.parent
 TRAIN_CONFIG = REPO / "bundle" / "configs" / "train.json"
 METHODS_DIR = REPO / "configs" / "methods"
 NEVER_STEP = 10**9  # a validation interval that never fires: runs are evaluated once, after the budget
+BASELINE = "none"  # the method every other one is paired with
+CI_LEVEL = 0.95
 
 
 def method_config(name: str) -> Path:
@@ -267,20 +270,47 @@ class Comparison:
             for fact in ("params", "gflops", "cpu_latency_ms"):
                 row[fact] = runs[0][fact]
             row["iterations"] = runs[0].get("iterations", "-")
+            if name != "teacher":
+                row.update(self._intervals(name, results))
             table.append(row)
         with open(self.output_dir / "results.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            fields = list(dict.fromkeys(key for row in table for key in row))  # the teacher has no intervals
+            writer = csv.DictWriter(f, fieldnames=fields, restval="-")
             writer.writeheader()
             writer.writerows(table)
         (self.output_dir / "results.md").write_text(self._markdown(table))
         students = [row for row in table if row["model"] != "teacher"]
         dice_bar_chart(
             {row["model"]: row["dice_mean"] for row in students},
-            {row["model"]: row["dice_std"] for row in students},
+            {row["model"]: (row["dice_ci_low"], row["dice_ci_high"]) for row in students},
             str(self.output_dir / "dice.png"),
             reference=table[0]["dice_mean"],
+            significant={row["model"]: row["significant"] == "yes" for row in students},
+            title=f"Dice per method ({CI_LEVEL:.0%} bootstrap interval over seeds and cases)",
         )
         self._overlays(teacher, results, methods)
+
+    def _intervals(self, name: str, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Bootstrap interval of the method's Dice and its paired difference from ``none`` (same seeds and cases)."""
+        scores = _dice_table(results, name)
+        own = _finite_columns(np.stack(list(scores.values())))
+        _, low, high = bootstrap_mean_ci(own[0], level=CI_LEVEL) if own[0].size else (0.0, math.nan, math.nan)
+        row: dict[str, Any] = {"dice_ci_low": low, "dice_ci_high": high}
+        baseline = _dice_table(results, BASELINE)
+        seeds = sorted(set(scores) & set(baseline))
+        if name == BASELINE or not seeds:
+            unpaired = {"diff_vs_none": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan}
+            return {**row, **unpaired, "paired_seeds": 0, "significant": "-"}
+        method, base = _finite_columns(np.stack([scores[s] for s in seeds]), np.stack([baseline[s] for s in seeds]))
+        diff = paired_difference(method, base, level=CI_LEVEL)
+        return {
+            **row,
+            "diff_vs_none": diff.mean,
+            "diff_ci_low": diff.low,
+            "diff_ci_high": diff.high,
+            "paired_seeds": len(seeds),
+            "significant": "yes" if diff.significant else "no",
+        }
 
     def _markdown(self, table: Sequence[dict[str, Any]]) -> str:
         def cell(row: Mapping[str, Any], metric: str) -> str:
@@ -311,6 +341,23 @@ class Comparison:
             f"FLOPs and CPU latency (median of {self.latency_repeats}, {torch.get_num_threads()} threads) for one "
             f"{shape} input. Every student: {self.max_epochs} epochs x {self.iterations_per_epoch} iterations.",
         ]
+        paired = [row for row in table if row["model"] not in ("teacher", BASELINE) and row["paired_seeds"]]
+        if paired:
+            lines += [
+                "",
+                f"Dice difference from `{BASELINE}`, paired seed by seed and case by case, with its {CI_LEVEL:.0%} "
+                "bootstrap interval (seeds and cases resampled); **bold** where the interval excludes 0.",
+                "",
+                f"| model | seeds | Dice | Dice − {BASELINE} | {CI_LEVEL:.0%} interval | significant |",
+                "|---|---|---|---|---|---|",
+            ]
+            for row in paired:
+                diff = f"{row['diff_vs_none']:+.4f}"
+                interval = f"[{row['diff_ci_low']:+.4f}, {row['diff_ci_high']:+.4f}]"
+                if row["significant"] == "yes":
+                    diff, interval = f"**{diff}**", f"**{interval}**"
+                cells = [row["model"], str(row["paired_seeds"]), f"{row['dice_mean']:.4f}", diff, interval]
+                lines.append("| " + " | ".join([*cells, row["significant"]]) + " |")
         return "\n".join(lines) + "\n"
 
     def _overlays(self, teacher: dict[str, Any], results: Sequence[dict[str, Any]], methods: Sequence[str]) -> None:
@@ -367,6 +414,25 @@ def compare(
     comparison.write_outputs(teacher, results, methods)
     print((comparison.output_dir / "results.md").read_text(), flush=True)
     return comparison.output_dir / "results.md"
+
+
+def _dice_table(results: Sequence[dict[str, Any]], method: str) -> dict[int, np.ndarray]:
+    """``{seed: per-case Dice}`` of one method's runs (cases in validation order)."""
+    return {
+        int(r["seed"]): np.array([case["dice"] for case in r["cases"]], dtype=np.float64)
+        for r in results
+        if r["method"] == method
+    }
+
+
+def _finite_columns(*tables: np.ndarray) -> list[np.ndarray]:
+    """The tables restricted to the cases (columns) that are finite in every row of every table.
+
+    A case without foreground in the annotation has no Dice (nan); it is left out of every table alike, so that
+    the pairing stays case by case.
+    """
+    keep = np.all([np.isfinite(t).all(axis=0) for t in tables], axis=0)
+    return [t[:, keep] for t in tables]
 
 
 def _split(text: str) -> list[str]:

@@ -11,34 +11,71 @@ matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["dice_bar_chart", "error_overlay", "learning_curve_plot", "overlay_grid", "middle_slice"]
+__all__ = [
+    "dice_bar_chart",
+    "draw_dice_panel",
+    "save_figure",
+    "error_overlay",
+    "learning_curve_plot",
+    "overlay_grid",
+    "middle_slice",
+]
 
 
 def dice_bar_chart(
     means: Mapping[str, float],
-    stds: Mapping[str, float],
+    intervals: Mapping[str, tuple[float, float]],
     path: str,
     reference: float | None = None,
-    title: str = "Dice per method (mean ± std over seeds)",
+    title: str = "Dice per method",
+    significant: Mapping[str, bool] | None = None,
 ) -> str:
-    """Bar chart of mean Dice with std error bars; ``reference`` (the teacher's Dice) is drawn as a dashed line."""
+    """Bar chart of mean Dice with interval error bars ``(low, high)``; ``reference`` (the teacher) is dashed.
+
+    Methods flagged in ``significant`` (their difference from the baseline excludes 0) get a ``*`` on their label.
+    """
+    fig, ax = plt.subplots(figsize=(1.2 * len(means) + 2.5, 4.0), dpi=120)
+    draw_dice_panel(ax, means, intervals, reference, title, significant)
+    return save_figure(fig, path)
+
+
+def draw_dice_panel(
+    ax: plt.Axes,
+    means: Mapping[str, float],
+    intervals: Mapping[str, tuple[float, float]],
+    reference: float | None = None,
+    title: str = "",
+    significant: Mapping[str, bool] | None = None,
+) -> None:
+    """One panel of :func:`dice_bar_chart` on ``ax`` (shared by the per-dataset and the combined figures)."""
     names = list(means)
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 4.0), dpi=120)
     x = np.arange(len(names))
-    ax.bar(x, [means[n] for n in names], yerr=[stds.get(n, 0.0) for n in names], capsize=4, color="#4C72B0")
+    mean = np.array([means[n] for n in names])
+    low = np.array([intervals.get(n, (means[n], means[n]))[0] for n in names])
+    high = np.array([intervals.get(n, (means[n], means[n]))[1] for n in names])
+    low, high = np.where(np.isfinite(low), low, mean), np.where(np.isfinite(high), high, mean)
+    ax.bar(x, mean, yerr=[mean - low, high - mean], capsize=4, color="#4C72B0")
     if reference is not None:
         ax.axhline(reference, color="#C44E52", linestyle="--", label=f"teacher {reference:.4f}")
         ax.legend(loc="lower right")
-    for i, n in enumerate(names):
-        ax.text(i, means[n] + stds.get(n, 0.0) + 0.005, f"{means[n]:.3f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, names, rotation=30, ha="right")
-    low = min([means[n] - stds.get(n, 0.0) for n in names] + ([reference] if reference is not None else []))
-    ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(means.values()) + 0.06) if names else 1.0)
+    for i in range(len(names)):
+        ax.text(i, high[i] + 0.005, f"{mean[i]:.3f}", ha="center", va="bottom", fontsize=8)
+    labels = [f"{n} *" if (significant or {}).get(n) else n for n in names]
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    floor = min(list(low) + ([reference] if reference is not None else [])) if names else 0.0
+    ax.set_ylim(max(0.0, floor - 0.05), min(1.0, max(list(high) + [reference or 0.0]) + 0.06) if names else 1.0)
     ax.set_ylabel("Dice")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
+
+
+def save_figure(fig: plt.Figure, path: str) -> str:
+    """Write ``fig`` to ``path`` atomically (a temporary file, then a rename) and close it."""
     fig.tight_layout()
-    fig.savefig(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.png"
+    fig.savefig(tmp)
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
@@ -57,13 +94,7 @@ def learning_curve_plot(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def middle_slice(array: np.ndarray) -> np.ndarray:

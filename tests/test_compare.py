@@ -39,6 +39,11 @@ def tiny_sets(root):
     return args
 
 
+def _case_dice(out, method, seed):
+    result = json.loads((out / "runs" / f"{method}_seed{seed}" / "result.json").read_text())
+    return np.array([case["dice"] for case in result["cases"]], dtype=np.float64)
+
+
 def run_compare(root, methods, extra=()):
     cmd = [sys.executable, "-m", "lightvessel_monai.compare", "--methods", ",".join(methods)]
     cmd += ["--seeds", ",".join(map(str, SEEDS)), "--budget", str(BUDGET), "--output_dir", str(root / "out")]
@@ -93,12 +98,46 @@ def test_tables_and_figures_are_written(comparison):
         assert math.isclose(float(table[name]["dice_std"]), np.std(values, ddof=1), rel_tol=1e-9, abs_tol=1e-12)
         assert int(table[name]["params"]) < int(table["teacher"]["params"])
         assert float(table[name]["gflops"]) < float(table["teacher"]["gflops"])
+    # the paired difference from none: per seed and case, the method's Dice minus none's, averaged
+    none_cases = {s: _case_dice(out, "none", s) for s in SEEDS}
+    for name in METHODS[1:]:
+        diffs = np.stack([_case_dice(out, name, s) - none_cases[s] for s in SEEDS])
+        diffs = diffs[:, np.isfinite(diffs).all(axis=0)]
+        row = table[name]
+        assert math.isclose(float(row["diff_vs_none"]), diffs.mean(), rel_tol=1e-9, abs_tol=1e-12)
+        low, high = float(row["diff_ci_low"]), float(row["diff_ci_high"])
+        assert diffs.min() - 1e-12 <= low <= float(row["diff_vs_none"]) <= high <= diffs.max() + 1e-12
+        assert row["significant"] == ("yes" if low > 0 or high < 0 else "no") and row["paired_seeds"] == "2"
+        assert float(row["dice_ci_low"]) <= float(row["dice_mean"]) <= float(row["dice_ci_high"])
+    assert table["none"]["significant"] == "-" and table["teacher"]["diff_vs_none"] == "-"
     markdown = (out / "results.md").read_text()
-    assert markdown.count("\n| ") == len(METHODS) + 1  # header line starts the string; one row per model after it
+    summary, paired = markdown.split("Dice difference from `none`")
+    assert summary.count("\n| ") == len(METHODS) + 1  # header line starts the string; one row per model after it
+    assert paired.count("\n| ") == len(METHODS)  # header + one row per method but none
     assert "±" in markdown and "results.md" not in proc.stderr
     for png in [out / "dice.png", out / "overlays" / "case_0.png", out / "overlays" / "case_1.png"]:
         with Image.open(png) as image:
             assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+
+
+def test_the_combined_figure_reads_two_comparisons(comparison):
+    root, _ = comparison
+    out = root / "out"
+    script = REPO / "benchmarks" / "plot_comparison.py"
+    cmd = [sys.executable, str(script), f"XCA={out / 'results.csv'}", f"DRIVE={out / 'results.csv'}"]
+    proc = subprocess.run([*cmd, "--output", str(out / "both.png")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| XCA |") or line.startswith("| DRIVE |")]
+    assert len(rows) == 2 * len(METHODS)
+    with Image.open(out / "both.png") as image:
+        assert image.format == "PNG" and image.size[0] > 2 * image.size[1]
+    missing = subprocess.run(
+        [*cmd[:2], f"X={root / 'nope.csv'}", "--output", str(out / "x.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode != 0 and "nope.csv does not exist" in missing.stderr
 
 
 def test_a_finished_comparison_is_reused_not_retrained(comparison):
