@@ -88,8 +88,15 @@ def main() -> None:
         for item in args.set:
             key, _, value = item.partition("=")
             overrides[key] = json.loads(value)
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-               json.dumps(configs + [str(REPO / "configs/methods/none.json")])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            json.dumps(configs + [str(REPO / "configs/methods/none.json")]),
+        ]
         for key, value in overrides.items():
             cmd += [f"--{key}", cli_value(value)]
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,8 +113,10 @@ def main() -> None:
         rows.append((spec, params, dice[best], its[best], plateau, dice[-1], minutes))
         print(f"{spec}: best {dice[best]:.4f} at {its[best]}, plateau {plateau}, {minutes:.1f} min", flush=True)
     learning_curve_plot(curves, str(out / "curves.png"), title=f"none student, {Path(args.data).stem}")
-    print(f"\n{args.data}, {epochs} epochs x {per_epoch} iterations, validation every {val_interval} epochs, "
-          f"constant learning rate, seed {args.seed}")
+    print(
+        f"\n{args.data}, {epochs} epochs x {per_epoch} iterations, validation every {val_interval} epochs, "
+        f"constant learning rate, seed {args.seed}"
+    )
     print("| student channels | parameters | best val Dice | at iteration | plateau iteration | final Dice | minutes |")
     print("|---|---|---|---|---|---|---|")
     for spec, params, best, at, plateau, final, minutes in rows:

@@ -69,8 +69,10 @@ def main() -> None:
             for name, dl in loaders.items():
                 samples[name].append(epoch_ms_per_batch(dl))
         batch = next(iter(loaders["flat"]))["image"].shape
-    print(f"{Path(args.data).name}: batches of {tuple(batch)} (full batches), {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} epochs")
+    print(
+        f"{Path(args.data).name}: batches of {tuple(batch)} (full batches), {torch.get_num_threads()} threads, "
+        f"median of {args.rounds} epochs"
+    )
     print("| pipeline | ms / batch | vs before |")
     print("|---|---|---|")
     before = statistics.median(samples["nested Compose (before)"])

@@ -52,13 +52,20 @@ def _engines(spatial_dims: int, max_epochs: int, output_dir, enabled: bool = Tru
         return batch
 
     evaluator = SupervisedEvaluator(
-        device="cpu", val_data_loader=loader, network=net, postprocessing=post, decollate=False,
+        device="cpu",
+        val_data_loader=loader,
+        network=net,
+        postprocessing=post,
+        decollate=False,
         key_val_metric={"dice": MeanDice(include_background=False, output_transform=from_engine(["pred", "label"]))},
     )
     evaluator.add_event_handler(Events.COMPLETED, lambda e: seen.append(e.state.metrics["dice"]))
     curve = LearningCurveHandler(evaluator, str(output_dir), name="student", enabled=enabled)
     trainer = SupervisedTrainer(
-        device="cpu", max_epochs=max_epochs, train_data_loader=loader, network=net,
+        device="cpu",
+        max_epochs=max_epochs,
+        train_data_loader=loader,
+        network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.5),
         loss_function=lambda p, y: torch.nn.functional.cross_entropy(p, y[:, 0].long()),
         train_handlers=[ValidationHandler(validator=evaluator, interval=2, epoch_level=True), curve],

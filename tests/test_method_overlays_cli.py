@@ -38,8 +38,13 @@ def test_method_overlay_runs_through_the_command_line(method, shared_root, tmp_p
         "training",
         ["train.json", str(overlay)],
         shared_root,
-        extra={"max_epochs": 1, "ckpt_dir": str(run / "models"), "output_dir": str(run / "eval"),
-               "teacher_dir": str(shared_root / "teacher"), "resume_dir": str(run / "resume")},
+        extra={
+            "max_epochs": 1,
+            "ckpt_dir": str(run / "models"),
+            "output_dir": str(run / "eval"),
+            "teacher_dir": str(shared_root / "teacher"),
+            "resume_dir": str(run / "resume"),
+        },
     )
     log = proc.stdout + proc.stderr
     for term in ["seg"] + terms:

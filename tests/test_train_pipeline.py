@@ -10,8 +10,14 @@ from monai.data import MetaTensor
 from conftest import REPO, SHARED_DATA
 
 CONFIGS = REPO / "bundle" / "configs"
-TINY = {"synthetic#num_train": 3, "synthetic#num_val": 1, "synthetic#size": 96, "patch_size": [32, 32],
-        "batch_size": 2, "samples_per_image": 2}
+TINY = {
+    "synthetic#num_train": 3,
+    "synthetic#num_val": 1,
+    "synthetic#size": 96,
+    "patch_size": [32, 32],
+    "batch_size": 2,
+    "samples_per_image": 2,
+}
 
 
 def _parser(root, overlay=None, **overrides):

@@ -128,8 +128,16 @@ def test_xca_overlay_parses_on_inference_and_evaluate(tmp_path):
 @pytest.mark.integration
 def test_xca_end_to_end_trains_infers_and_writes_masks_of_the_input_size(tmp_path):
     _require_xca()
-    tiny = {"max_epochs": 1, "teacher_max_epochs": 1, "val_interval": 1, "batch_size": 8, "samples_per_image": 1,
-            "teacher_def#channels": "[4,8,16,32,64]", "latency_repeats": 1, "progress_bar": "False"}
+    tiny = {
+        "max_epochs": 1,
+        "teacher_max_epochs": 1,
+        "val_interval": 1,
+        "batch_size": 8,
+        "samples_per_image": 1,
+        "teacher_def#channels": "[4,8,16,32,64]",
+        "latency_repeats": 1,
+        "progress_bar": "False",
+    }
     overlay = ["train.json", OVERLAY]
     run_bundle("training", overlay, tmp_path, extra={**tiny, "dataset_dir": str(tmp_path / "data")}, tiny=False)
     assert (tmp_path / "models" / "model.pt").is_file()
