@@ -117,7 +117,7 @@ def attention_transfer_loss(
     With ``a(F) = mean_c |F_c|^p / ||mean_c |F_c|^p||_2`` (:func:`~lightvessel_monai.losses._common.attention_map`,
     ``(B, C, *spatial) -> (B, 1, *spatial)``), the per-sample loss is ``sum_x (a_s(x) - a_t(x))^2`` (``"sum"``,
     as in EMKD's importance maps) or its mean over the ``N`` positions (``"mean"``, as in the AT authors' code,
-    which weights it by ``beta/2 = 500``); the result is the mean over the batch. The student's attention map is
+    which weights the sum over transfer points by ``beta = 1000``); the result is the mean over the batch. The student's attention map is
     resized (bi/trilinear) to the teacher's grid and re-normalised, so channels and sizes may differ.
 
     Args:
@@ -148,8 +148,9 @@ class AttentionTransfer(PairedTapsDistiller):
         \quad a(F) = \frac{\mathrm{mean}_c |F_c|^p}{\lVert \mathrm{mean}_c |F_c|^p \rVert_2}
 
     The paper writes the distance as an (unsquared) L2 norm with weight ``beta/2``; the authors' public code uses
-    the squared difference averaged over positions and batch with ``beta = 1000``, which is what is implemented
-    (so use a distiller weight of 500 for the code's ``beta/2``). See :func:`attention_transfer_loss`.
+    the squared difference averaged over positions and batch, summed over the transfer points and multiplied by
+    ``beta = 1000`` in its training script. That form is implemented, and ``configs/methods/at.json`` uses the
+    distiller weight 1000. See :func:`attention_transfer_loss`.
 
     Args:
         pairs: ``["enc1", ["t_tap", "s_tap"], ...]`` (see :func:`~lightvessel_monai.losses._common.tap_pairs`).
