@@ -10,7 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cache_valid", "derived_seed", "write_json_atomic"]
+from lightvessel_monai.errors import DataError
+
+__all__ = ["MARKER", "cache_valid", "claim_folder", "derived_seed", "prepare_dataset_dirs", "write_json_atomic"]
+
+#: Written into every folder a generator fills; a folder without it is never written into unless it is empty.
+MARKER = ".lightvessel_synthetic"
 
 
 def derived_seed(seed: int, index: int) -> int:
@@ -50,12 +55,65 @@ def write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
-def prepare_dataset_dirs(root: Path, names: list[str], file_re: re.Pattern) -> tuple[Path, Path]:
-    """Create ``imagesTr``/``labelsTr``, invalidate the old datalist and drop our stale files not in ``names``.
+def _is_legacy_cache(root: Path, dataset_name: str) -> bool:
+    """A cache written before the marker existed: our own ``dataset.json`` (its name and generator block)."""
+    try:
+        data = json.loads((root / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("name") == dataset_name and isinstance(data.get("generator"), dict)
+
+
+def _foreign_entry(root: Path, file_re: re.Pattern, ours: bool) -> Path | None:
+    """The first entry of ``root`` that a generator with file names ``file_re`` would not have written, if any.
+
+    ``dataset.json`` is the generator's own only in a folder that is ``ours`` (marked, or a cache of ours).
+    """
+    for entry in sorted(root.iterdir()):
+        if entry.name in ("imagesTr", "labelsTr") and entry.is_dir():
+            inside = [item for item in sorted(entry.iterdir()) if not (item.is_file() and file_re.match(item.name))]
+            if inside:
+                return inside[0]
+            continue
+        own_file = entry.name == MARKER or (entry.name == "dataset.json" and ours) or (
+            entry.name.startswith(".dataset.") and entry.name.endswith(".tmp")  # a killed write_json_atomic
+        )
+        if not (own_file and entry.is_file()):
+            return entry
+    return None
+
+
+def claim_folder(root: Path, file_re: re.Pattern, dataset_name: str) -> None:
+    """Make sure ``root`` is ours to write into, then mark it; a one-line :class:`DataError` otherwise.
+
+    A generator deletes and overwrites files in its folder, so it must never do so in a user's dataset (say, an MSD
+    folder passed as ``--dataset_dir`` by mistake). It writes only into a folder that is missing, empty, or already
+    holds its marker (or a cache from before the marker), and only if that folder holds nothing but its own files.
+    """
+    if root.exists() and not root.is_dir():
+        raise DataError(f"dataset_dir {root} is not a folder; the synthetic data generator needs a folder of its own")
+    if root.is_dir():
+        ours = (root / MARKER).is_file() or _is_legacy_cache(root, dataset_name)
+        foreign = _foreign_entry(root, file_re, ours)
+        if foreign is not None or (not ours and any(root.iterdir())):
+            what = f"holds {foreign.relative_to(root)}, which" if foreign is not None else "is not empty and"
+            raise DataError(
+                f"dataset_dir {root} {what} the synthetic data generator did not write; it writes only into an empty "
+                f"folder or its own cache (marked by {MARKER}), so nothing there was changed. For your own data, "
+                "use a data overlay (e.g. configs/data/ct3d.json); for synthetic data, an empty --dataset_dir"
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text(json.dumps({"generator": dataset_name}) + "\n")
+
+
+def prepare_dataset_dirs(root: Path, names: list[str], file_re: re.Pattern, dataset_name: str) -> tuple[Path, Path]:
+    """Claim ``root`` (:func:`claim_folder`), create ``imagesTr``/``labelsTr``, invalidate the old datalist and drop
+    our stale files not in ``names``.
 
     The datalist goes first: from here on the folder holds a mix of old and new files, and a killed
     generation must not look like a valid cache.
     """
+    claim_folder(root, file_re, dataset_name)
     img_dir, lbl_dir = root / "imagesTr", root / "labelsTr"
     img_dir.mkdir(parents=True, exist_ok=True)
     lbl_dir.mkdir(parents=True, exist_ok=True)

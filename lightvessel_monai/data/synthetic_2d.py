@@ -36,6 +36,7 @@ __all__ = ["generate_angiogram", "make_synthetic_angiograms", "save_overlay_png"
 logger = logging.getLogger(__name__)
 
 #: Bump whenever the rendered output for a given seed changes, so stale caches are regenerated.
+DATASET_NAME = "SyntheticCoronaryAngiograms"  # the datalist's "name"; also identifies a cache of ours
 GENERATOR_VERSION = "1"
 
 _REF_SIZE = 512.0
@@ -481,7 +482,7 @@ def make_synthetic_angiograms(
 
     total = num_train + num_val
     names = [f"angio_{i:04d}.png" for i in range(total)]
-    img_dir, lbl_dir = prepare_dataset_dirs(root, names, _FILE_RE)
+    img_dir, lbl_dir = prepare_dataset_dirs(root, names, _FILE_RE, DATASET_NAME)
 
     logger.info("generating %d synthetic angiograms (%dx%d, seed %d) in %s", total, size, size, seed, root)
     entries = []
@@ -492,7 +493,7 @@ def make_synthetic_angiograms(
         entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
 
     datalist = {
-        "name": "SyntheticCoronaryAngiograms",
+        "name": DATASET_NAME,
         "description": "Procedurally generated 2D X-ray coronary angiograms with binary vessel masks "
         "(lightvessel_monai.data.synthetic_2d).",
         "modality": {"0": "XA"},

@@ -43,6 +43,7 @@ __all__ = ["ct_affine", "generate_ct_volume", "make_synthetic_ct"]
 logger = logging.getLogger(__name__)
 
 #: Bump whenever the rendered output for a given seed changes, so stale caches are regenerated.
+DATASET_NAME = "SyntheticLiverVesselCT"  # the datalist's "name"; also identifies a cache of ours
 GENERATOR_VERSION = "1"
 
 DEFAULT_SHAPE = (96, 96, 48)
@@ -473,7 +474,7 @@ def make_synthetic_ct(
 
     total = num_train + num_val
     names = [f"ct_{i:04d}.nii.gz" for i in range(total)]
-    img_dir, lbl_dir = prepare_dataset_dirs(root, names, _FILE_RE)
+    img_dir, lbl_dir = prepare_dataset_dirs(root, names, _FILE_RE, DATASET_NAME)
 
     logger.info("generating %d synthetic CT volumes (%s, spacing %s, seed %d) in %s", total, shape, spacing, seed, root)
     affine = ct_affine(shape, spacing)
@@ -486,7 +487,7 @@ def make_synthetic_ct(
         entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
 
     datalist = {
-        "name": "SyntheticLiverVesselCT",
+        "name": DATASET_NAME,
         "description": "Procedurally generated contrast-enhanced abdominal CT volumes (HU) with binary liver vessel "
         "masks (lightvessel_monai.data.synthetic_3d).",
         "tensorImageSize": "3D",

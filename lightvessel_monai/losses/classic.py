@@ -117,8 +117,9 @@ def attention_transfer_loss(
     With ``a(F) = mean_c |F_c|^p / ||mean_c |F_c|^p||_2`` (:func:`~lightvessel_monai.losses._common.attention_map`,
     ``(B, C, *spatial) -> (B, 1, *spatial)``), the per-sample loss is ``sum_x (a_s(x) - a_t(x))^2`` (``"sum"``,
     as in EMKD's importance maps) or its mean over the ``N`` positions (``"mean"``, as in the AT authors' code,
-    which weights the sum over transfer points by ``beta = 1000``); the result is the mean over the batch. The student's attention map is
-    resized (bi/trilinear) to the teacher's grid and re-normalised, so channels and sizes may differ.
+    which weights the sum over transfer points by ``beta = 1000``); the result is the mean over the batch. The
+    student's attention map is resized (bi/trilinear) to the teacher's grid and re-normalised, so channels and
+    sizes may differ.
 
     Args:
         teacher_feature: ``(B, C_t, H, W)`` or ``(B, C_t, D, H, W)``; detached.
