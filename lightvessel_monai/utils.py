@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightvessel_monai.errors import CheckpointMismatchError
+from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 
-__all__ = ["load_state_dict_checked", "loss_terms", "find_bundle_root", "training_state"]
+__all__ = ["as_bool", "load_state_dict_checked", "loss_terms", "find_bundle_root", "training_state"]
 
 
 def _unwrap_state_dict(obj: Any) -> Mapping[str, torch.Tensor] | None:
@@ -99,3 +99,23 @@ def training_state(
         if callable(getattr(handler, "state_dict", None)) and callable(getattr(handler, "load_state_dict", None)):
             state[f"handler_{index}_{type(handler).__name__}"] = handler
     return state
+
+
+_TRUE = ("true", "True", "1", 1, True)
+_FALSE = ("false", "False", "0", 0, False)
+
+
+def as_bool(value: Any, key: str) -> bool:
+    """A boolean config value, also when the command line gave it as a string (``--amp false``).
+
+    ``python -m monai.bundle run ... --progress_bar false`` passes the string ``"false"``, which Python would take
+    as true. Accepted: ``true``/``false``/``True``/``False``/``0``/``1`` (strings, ints or bools); anything else is a
+    one-line :class:`~lightvessel_monai.errors.ConfigKeyError` naming ``key``.
+    """
+    if isinstance(value, str):
+        value = value.strip()
+    for accepted, result in ((_TRUE, True), (_FALSE, False)):
+        # bool/int/str compare by type first, so 1.0 or "yes" never match
+        if any(type(value) is type(a) and value == a for a in accepted):
+            return result
+    raise ConfigKeyError(f"config key '{key}' must be a boolean (true, false, True, False, 0 or 1), got {value!r}")

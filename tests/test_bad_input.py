@@ -133,3 +133,47 @@ def test_4d_volume_where_3d_is_expected(tmp_path):
     err = find_user_error(info.value)
     assert err is not None and "four_d.nii.gz" in str(err) and "4 dimensions" in str(err)
     assert "\n" not in str(err)
+
+
+def test_a_boolean_key_that_is_not_a_boolean(tmp_path):
+    err = preflight_error(tmp_path, datalist_file=datalist(tmp_path, [good_pair(tmp_path)]), amp="maybe")
+    assert "'amp'" in str(err) and "maybe" in str(err)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(True, True), ("true", True), ("True", True), ("1", True), (1, True)]
+    + [(False, False), ("false", False), ("False", False), ("0", False), (0, False)],
+)
+def test_booleans_from_the_command_line(value, expected):
+    from lightvessel_monai.utils import as_bool
+
+    assert as_bool(value, "amp") is expected
+
+
+@pytest.mark.parametrize("value", ["yes", "", "2", 2, 1.0, None, "falsey"])
+def test_anything_else_is_not_a_boolean(value):
+    from lightvessel_monai.errors import ConfigKeyError
+    from lightvessel_monai.utils import as_bool
+
+    with pytest.raises(ConfigKeyError, match="'progress_bar' must be a boolean"):
+        as_bool(value, "progress_bar")
+
+
+@pytest.mark.integration
+def test_lower_case_false_on_the_command_line_turns_the_progress_bar_off(tmp_path):
+    # with "false" read as a truthy string the progress bar would draw its "[1/2]" iteration counter on stderr
+    none = str(REPO / "configs" / "methods" / "none.json")  # no teacher terms: use_teacher false is valid
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", f"['{TRAIN}','{none}']"]
+    cmd += ["--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", str(tmp_path / "data")]
+    cmd += ["--progress_bar", "false", "--resume", "false", "--amp", "0", "--use_teacher", "false"]
+    tiny = {"synthetic#num_train": 2, "synthetic#num_val": 1, "synthetic#size": 64, "image_size": "[64,64]"}
+    tiny.update({"patch_size": "[32,32]", "samples_per_image": 1, "batch_size": 2, "max_epochs": 1, "val_interval": 1})
+    tiny.update({"latency_repeats": 1, "network_def#features": "[4,4,8,8,16,4]"})
+    for key, value in tiny.items():
+        cmd += [f"--{key}", str(value)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[1/1]" not in proc.stderr and "[1/1]" not in proc.stdout
+    assert not (tmp_path / "bundle" / "models" / "resume").exists(), "resume false writes no resume state"
+    assert not list((tmp_path / "bundle" / "models").rglob("teacher_*.pt")), "use_teacher false trains no teacher"
