@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from torch import nn
 
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 
-__all__ = ["as_bool", "load_state_dict_checked", "loss_terms", "find_bundle_root", "training_state"]
+__all__ = ["as_bool", "load_state_dict_checked", "load_weights", "loss_terms", "find_bundle_root", "training_state"]
 
 
 def _unwrap_state_dict(obj: Any) -> Mapping[str, torch.Tensor] | None:
@@ -24,6 +25,24 @@ def _unwrap_state_dict(obj: Any) -> Mapping[str, torch.Tensor] | None:
     return None
 
 
+def load_weights(path: str | os.PathLike, what: str = "network") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, or a one-line error naming the file.
+
+    A file that holds pickled Python objects (a whole module, a callable) is refused by the safe loader and nothing
+    in it runs. Torch's own message would then suggest ``weights_only=False``, which would run that code; the
+    message here says what the file is instead and never suggests the unsafe load.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointMismatchError(
+            f"{what} checkpoint {path} is not a plain state dict: it holds pickled Python objects, which are never "
+            "loaded; save model.state_dict() with torch.save instead"
+        ) from None
+    except Exception as err:  # truncated file or not a torch file
+        raise CheckpointMismatchError(f"{what} checkpoint {path} cannot be read: {str(err).splitlines()[0]}") from None
+
+
 def load_state_dict_checked(network: nn.Module, path: str | os.PathLike, what: str = "network") -> nn.Module:
     """Load a state-dict file into ``network`` with ``weights_only=True``, or fail with one line.
 
@@ -33,11 +52,7 @@ def load_state_dict_checked(network: nn.Module, path: str | os.PathLike, what: s
     path = str(path)
     if not os.path.isfile(path):
         raise CheckpointMismatchError(f"{what} checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated file, not a torch file, or pickled objects
-        raise CheckpointMismatchError(f"{what} checkpoint {path} cannot be read: {str(err).splitlines()[0]}") from None
-    state = _unwrap_state_dict(obj)
+    state = _unwrap_state_dict(load_weights(path, what))
     if state is None:
         raise CheckpointMismatchError(f"{what} checkpoint {path} is not a state dict of tensors")
     expected = network.state_dict()

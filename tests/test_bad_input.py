@@ -177,3 +177,52 @@ def test_lower_case_false_on_the_command_line_turns_the_progress_bar_off(tmp_pat
     assert "[1/1]" not in proc.stderr and "[1/1]" not in proc.stdout
     assert not (tmp_path / "bundle" / "models" / "resume").exists(), "resume false writes no resume state"
     assert not list((tmp_path / "bundle" / "models").rglob("teacher_*.pt")), "use_teacher false trains no teacher"
+
+
+class _WritesAFile:
+    """Unpickling this runs ``Path.write_text``: the side effect shows whether a loader executed pickled code."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path(self.target).write_text, ("pwned",))
+
+
+def _malicious_checkpoint(tmp_path):
+    witness = tmp_path / "witness.txt"
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": torch.zeros(1), "payload": _WritesAFile(witness)}, path)
+    assert not witness.exists()
+    return path, witness
+
+
+def test_a_checkpoint_with_pickled_code_is_refused_and_nothing_runs(tmp_path):
+    from lightvessel_monai.errors import CheckpointMismatchError
+    from lightvessel_monai.utils import load_state_dict_checked
+
+    path, witness = _malicious_checkpoint(tmp_path)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_state_dict_checked(tiny_unet(2), path, "teacher")
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "not a plain state dict" in message
+    assert "weights_only=False" not in message, "never suggest the unsafe load"
+    assert not witness.exists(), "the pickled callable ran"
+
+
+def test_a_resume_state_with_pickled_code_is_refused_and_nothing_runs(tmp_path):
+    from ignite.engine import Engine
+
+    from lightvessel_monai.errors import CheckpointMismatchError
+    from lightvessel_monai.handlers import ResumeCheckpoint
+
+    path, witness = _malicious_checkpoint(tmp_path)
+    net = tiny_unet(2)
+    handler = ResumeCheckpoint(save_dir=str(tmp_path), filename=path.name, save_dict={"network": net})
+    engine = Engine(lambda e, b: None)
+    engine.state.max_epochs = 1
+    with pytest.raises(CheckpointMismatchError, match="not a plain state dict") as info:
+        handler.load(engine)
+    assert "weights_only=False" not in str(info.value) and not witness.exists()

@@ -7,11 +7,11 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import torch
 from ignite.engine import Events
 from ignite.handlers import Checkpoint, DiskSaver
 
 from lightvessel_monai.errors import CheckpointMismatchError
+from lightvessel_monai.utils import load_weights
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -70,8 +70,8 @@ class ResumeCheckpoint:
         if not os.path.isfile(self.path):
             return
         max_epochs = engine.state.max_epochs
+        state = load_weights(self.path, "resume")  # pickled objects: a one-line error, nothing executed
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
             Checkpoint.load_objects(to_load={**self.save_dict, "trainer": engine}, checkpoint=state)
         except Exception as err:
             raise CheckpointMismatchError(
