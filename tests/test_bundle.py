@@ -147,3 +147,21 @@ def test_train_teacher_overlay_retrains_only_the_teacher(tmp_path):
     cached = list((root / "models" / "teacher").glob("teacher_*.pt"))
     assert len(cached) == 1 and (root / "models" / "teacher" / (cached[0].stem + ".json")).is_file()
     assert not (root / "models" / "model.pt").exists(), "no student is trained"
+
+
+@pytest.mark.integration
+def test_a_run_whose_interval_skips_the_last_epoch_saves_and_reports_its_own_student(tmp_path):
+    # max_epochs 1 with val_interval 2: without a validation at the end no checkpoint would be written, and a
+    # model.pt left by an earlier run would be reported as this run's result (no teacher cached: the teacher too)
+    root = tmp_path / "bundle"
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    stale = {k: torch.zeros_like(v) for k, v in parser.get_parsed_content("network_def").state_dict().items()}
+    (root / "models").mkdir(parents=True)
+    torch.save(stale, root / "models" / "model.pt")
+    run_bundle("training", ["train.json"], root, {"max_epochs": 1, "val_interval": 2})
+    saved = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert any(not torch.equal(saved[k], stale[k]) for k in stale), "the stale model.pt was reported"
+    assert list((root / "models" / "teacher").glob("teacher_*.pt")), "the teacher stage wrote no checkpoint"
+    curve = (root / "eval" / "student_curve.csv").read_text().splitlines()
+    assert len(curve) == 2 and curve[1].split(",")[:2] == ["2", "1"]  # one validation, after epoch 1 (2 iterations)

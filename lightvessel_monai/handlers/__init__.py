@@ -4,9 +4,11 @@ from lightvessel_monai.handlers.learning_curve import LearningCurveHandler
 from lightvessel_monai.handlers.progress import ProgressBarHandler
 from lightvessel_monai.handlers.resume import ResumeCheckpoint
 from lightvessel_monai.handlers.self_teacher import SelfTeacherHandler, make_self_teacher
+from lightvessel_monai.handlers.validation import FinalValidationHandler
 
 __all__ = [
     "AdversarialUpdateHandler",
+    "FinalValidationHandler",
     "HandlerGroup",
     "LearningCurveHandler",
     "ProgressBarHandler",

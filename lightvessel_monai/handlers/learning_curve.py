@@ -79,6 +79,8 @@ class LearningCurveHandler:
         write_curve(self.csv_path, self.points)
 
     def _finish(self, engine: Engine) -> None:
+        if not self.points or self.points[-1][1] != engine.state.epoch:
+            self._record(engine)  # the validation after the last epoch (FinalValidationHandler), if there was one
         if not self.points:
             return
         from lightvessel_monai.figures import learning_curve_plot
