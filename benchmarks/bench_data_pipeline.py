@@ -61,10 +61,7 @@ def main() -> None:
         if args.num_workers is not None:
             overrides["num_workers"] = args.num_workers
         teacher_ckpt = os.path.join(tmp, "teacher_random.pt")
-        if args.train_teacher:
-            # the teacher stage needs one validation run to write its best checkpoint
-            overrides["teacher_train#handlers#1#interval"] = 1
-        else:
+        if not args.train_teacher:  # (a trained teacher is validated once at its end, which writes its checkpoint)
             overrides["teacher_checkpoint"] = teacher_ckpt
         for key, value in overrides.items():
             parser[key] = value

@@ -12,7 +12,14 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-__all__ = ["LightVesselError", "DataError", "ConfigKeyError", "CheckpointMismatchError", "install_excepthook"]
+__all__ = [
+    "LightVesselError",
+    "DataError",
+    "ConfigKeyError",
+    "CheckpointMismatchError",
+    "TrainingDivergedError",
+    "install_excepthook",
+]
 
 
 class LightVesselError(Exception):
@@ -32,6 +39,10 @@ class ConfigKeyError(LightVesselError, KeyError):
 
 class CheckpointMismatchError(LightVesselError, RuntimeError):
     """A checkpoint does not fit the network it is loaded into."""
+
+
+class TrainingDivergedError(LightVesselError, RuntimeError):
+    """A loss term became NaN or infinite: training stopped, the last good checkpoints are kept."""
 
 
 def find_user_error(exc: BaseException | None) -> LightVesselError | None:

@@ -19,7 +19,7 @@ from monai.utils import set_determinism
 from torch import nn
 
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
-from lightvessel_monai.utils import load_state_dict_checked
+from lightvessel_monai.utils import load_state_dict_checked, read_state_dict
 
 __all__ = ["describe", "teacher_fingerprint", "cached_teacher_path", "TeacherStage"]
 
@@ -166,6 +166,8 @@ class TeacherStage:
             raise CheckpointMismatchError(
                 f"teacher training finished without writing {self.best_checkpoint}; is validation configured?"
             )
+        # a diverged teacher is never cached as if it were valid
+        read_state_dict(self.best_checkpoint, "teacher")
         os.makedirs(os.path.dirname(self.checkpoint) or ".", exist_ok=True)
         # copy then rename, so a killed run never leaves a half-written cache entry
         tmp = self.checkpoint + ".tmp"

@@ -13,7 +13,16 @@ from torch import nn
 
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 
-__all__ = ["as_bool", "load_state_dict_checked", "load_weights", "loss_terms", "find_bundle_root", "training_state"]
+__all__ = [
+    "as_bool",
+    "check_finite_state",
+    "load_state_dict_checked",
+    "load_weights",
+    "read_state_dict",
+    "loss_terms",
+    "find_bundle_root",
+    "training_state",
+]
 
 
 def _unwrap_state_dict(obj: Any) -> Mapping[str, torch.Tensor] | None:
@@ -52,9 +61,7 @@ def load_state_dict_checked(network: nn.Module, path: str | os.PathLike, what: s
     path = str(path)
     if not os.path.isfile(path):
         raise CheckpointMismatchError(f"{what} checkpoint {path} does not exist")
-    state = _unwrap_state_dict(load_weights(path, what))
-    if state is None:
-        raise CheckpointMismatchError(f"{what} checkpoint {path} is not a state dict of tensors")
+    state = read_state_dict(path, what)
     expected = network.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -76,6 +83,28 @@ def load_state_dict_checked(network: nn.Module, path: str | os.PathLike, what: s
         )
     network.load_state_dict(state)
     return network
+
+
+def read_state_dict(path: str | os.PathLike, what: str = "network") -> Mapping[str, torch.Tensor]:
+    """The state dict in ``path`` (safe load), checked to be tensors only and finite; one-line errors otherwise."""
+    state = _unwrap_state_dict(load_weights(path, what))
+    if state is None:
+        raise CheckpointMismatchError(f"{what} checkpoint {path} is not a state dict of tensors")
+    check_finite_state(state, path, what)
+    return state
+
+
+def check_finite_state(state: Mapping[str, torch.Tensor], path: str | os.PathLike, what: str = "network") -> None:
+    """A one-line :class:`CheckpointMismatchError` when a floating tensor of ``state`` holds NaN or Inf.
+
+    A diverged run writes such weights; loading (or caching) them would make every prediction NaN.
+    """
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointMismatchError(
+            f"{what} checkpoint {path} holds NaN or infinite values in {len(bad)} of {len(state)} tensors "
+            f"(e.g. {', '.join(bad[:3])}): it comes from a diverged run"
+        )
 
 
 def loss_terms(output: Any) -> dict[str, float]:

@@ -256,3 +256,38 @@ def test_truncated_nifti_gz_header(tmp_path: Path, key: str) -> None:
     message = _raises([entry])
     assert message.startswith(f"datalist entry 0: {key} {entry[key]} ")
     assert "cannot be read as NIfTI" in message or "truncated" in message
+
+
+# ------------------------------------------------------------------------------------------- NaN and Inf
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_an_image_with_nan_or_inf_voxels_fails_pre_flight(tmp_path: Path, bad: float, suffix: str) -> None:
+    entry = _pair(tmp_path)
+    image = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
+    image[3, 4, 5] = bad
+    image[0, 0, 0] = bad
+    entry["image"] = _nifti(tmp_path / f"bad{suffix}", image, _affine())
+    message = _raises([entry], spatial_dims=3)
+    assert entry["image"] in message and "holds 2 NaN or infinite voxel values" in message
+
+
+def test_a_float_label_with_nan_fails_pre_flight(tmp_path: Path) -> None:
+    entry = _pair(tmp_path)
+    label = _mask().astype(np.float32)
+    label[1, 1, 1] = np.nan
+    entry["label"] = _nifti(tmp_path / "bad_label.nii.gz", label, _affine())
+    message = _raises([entry], spatial_dims=3)
+    assert entry["label"] in message and "NaN" in message
+
+
+def test_a_float_tiff_with_nan_fails_pre_flight(tmp_path: Path) -> None:
+    image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    image[2, 3] = np.nan
+    path = tmp_path / "image.tif"
+    Image.fromarray(image, mode="F").save(path)
+    label = tmp_path / "label.png"
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(label)
+    message = _raises([{"image": str(path), "label": str(label)}], spatial_dims=2)
+    assert str(path) in message and "holds 1 NaN" in message

@@ -75,8 +75,12 @@ def _foreign_entry(root: Path, file_re: re.Pattern, ours: bool) -> Path | None:
             if inside:
                 return inside[0]
             continue
-        own_file = entry.name == MARKER or (entry.name == "dataset.json" and ours) or (
-            entry.name.startswith(".dataset.") and entry.name.endswith(".tmp")  # a killed write_json_atomic
+        own_file = (
+            entry.name == MARKER
+            or (entry.name == "dataset.json" and ours)
+            or (
+                entry.name.startswith(".dataset.") and entry.name.endswith(".tmp")  # a killed write_json_atomic
+            )
         )
         if not (own_file and entry.is_file()):
             return entry

@@ -328,6 +328,8 @@ def _spatial_shape(path: str) -> _Info:
                     im.verify()  # reads every chunk and checks its CRC: truncation fails here, without decoding
                 else:
                     im.load()  # decodes the pixels: a truncated or corrupt file fails here
+                    if im.mode.startswith("F"):  # float TIFFs are the only 2D images that can hold NaN
+                        _check_finite(np.asarray(im))
                 return _Info(shape, shape)
         except Exception as err:
             raise _Unreadable(f"cannot be read as an image ({_one_line(err)})") from None
@@ -340,10 +342,24 @@ def _spatial_shape(path: str) -> _Info:
             size = os.path.getsize(path)
             if size < expected:
                 raise _Unreadable(f"is truncated: {size} of {expected} bytes")
+        if np.dtype(img.get_data_dtype()).kind == "f":  # integer voxels cannot be NaN: only floats are decoded
+            try:
+                array = np.asanyarray(img.dataobj)
+            except Exception as err:
+                raise _Unreadable(f"is truncated or corrupt ({_one_line(err)})") from None
+            _check_finite(array)
         return _nifti_info(img)
     if kind in ("dicom", "dicom_dir"):
         _read_dicom(path)
     return _Info()
+
+
+def _check_finite(array: np.ndarray) -> None:
+    """Raise :class:`_Unreadable` when a float array holds NaN or infinite values (counted in the message)."""
+    if np.issubdtype(array.dtype, np.floating):
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise _Unreadable(f"holds {bad} NaN or infinite voxel values")
 
 
 def _nifti_info(img: Any) -> _Info:
@@ -370,6 +386,7 @@ def _read_label(path: str) -> tuple[_Info, np.ndarray | None]:
             array = np.asanyarray(img.dataobj)  # decompresses everything: truncation fails here
         except Exception as err:
             raise _Unreadable(f"is truncated or corrupt ({_one_line(err)})") from None
+        _check_finite(array)
         return _nifti_info(img), array
     return _spatial_shape(path), None
 

@@ -1,4 +1,5 @@
 from lightvessel_monai.handlers.adversarial import AdversarialUpdateHandler
+from lightvessel_monai.handlers.finite import StopOnNonFiniteLoss
 from lightvessel_monai.handlers.group import HandlerGroup
 from lightvessel_monai.handlers.learning_curve import LearningCurveHandler
 from lightvessel_monai.handlers.progress import ProgressBarHandler
@@ -14,5 +15,6 @@ __all__ = [
     "ProgressBarHandler",
     "ResumeCheckpoint",
     "SelfTeacherHandler",
+    "StopOnNonFiniteLoss",
     "make_self_teacher",
 ]
