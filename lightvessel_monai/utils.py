@@ -16,6 +16,9 @@ from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 __all__ = [
     "as_bool",
     "check_finite_state",
+    "check_positive_ints",
+    "check_positive_numbers",
+    "check_writable",
     "load_state_dict_checked",
     "load_weights",
     "read_state_dict",
@@ -163,3 +166,50 @@ def as_bool(value: Any, key: str) -> bool:
         if any(type(value) is type(a) and value == a for a in accepted):
             return result
     raise ConfigKeyError(f"config key '{key}' must be a boolean (true, false, True, False, 0 or 1), got {value!r}")
+
+
+def check_positive_ints(values: Mapping[str, Any], minimum: Mapping[str, int] | None = None) -> None:
+    """Pre-flight check of count-like config keys (epochs, intervals, batch sizes): whole numbers, not below minimum.
+
+    ``values`` maps key -> value; the minimum is 1 unless ``minimum`` says otherwise (e.g. 0 for ``num_workers``).
+    A list value (``patch_size``) is checked element by element. Booleans and floats are refused: ``--max_epochs
+    2.5`` or ``abc`` is a one-line :class:`ConfigKeyError` naming the key, not a traceback minutes later.
+    """
+    for key, value in values.items():
+        low = (minimum or {}).get(key, 1)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        ok = bool(items) and all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in items)
+        if not ok:
+            kind = "a list of whole numbers" if isinstance(value, (list, tuple)) else "a whole number"
+            raise ConfigKeyError(f"config key '{key}' must be {kind} >= {low}, got {value!r}")
+
+
+def check_positive_numbers(values: Mapping[str, Any]) -> None:
+    """Pre-flight check of rate-like config keys (learning rates): real numbers > 0; a one-line error otherwise."""
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+            raise ConfigKeyError(f"config key '{key}' must be a number > 0, got {value!r}")
+
+
+def check_writable(folders: Mapping[str, str | os.PathLike]) -> None:
+    """Check, before anything is trained, that each output folder can be written: a one-line error otherwise.
+
+    A probe file is written (and deleted) in the folder, or, when the folder does not exist yet, in its nearest
+    existing parent, so the check itself creates nothing. A read-only or full folder, or a path under a regular
+    file, is a :class:`ConfigKeyError` naming the key and the folder instead of an ``OSError`` traceback after
+    the first epoch.
+    """
+    import tempfile
+
+    for key, folder in folders.items():
+        path = Path(folder).absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is a file")
+            with tempfile.NamedTemporaryFile(dir=existing, prefix=".write_probe_") as probe:
+                probe.write(b"probe")
+                probe.flush()
+        except OSError as err:
+            reason = str(err) if isinstance(err, NotADirectoryError) else (err.strerror or type(err).__name__)
+            raise ConfigKeyError(f"config key '{key}': cannot write to {path} ({reason})") from None

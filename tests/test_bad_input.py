@@ -226,3 +226,30 @@ def test_a_resume_state_with_pickled_code_is_refused_and_nothing_runs(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="not a plain state dict") as info:
         handler.load(engine)
     assert "weights_only=False" not in str(info.value) and not witness.exists()
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("max_epochs", -1), ("max_epochs", "abc"), ("max_epochs", 2.5), ("val_interval", 0), ("patch_size", [64, 0])]
+    + [("batch_size", True), ("num_workers", -1), ("learning_rate", 0.0), ("teacher_learning_rate", "fast")],
+)
+def test_numbers_of_the_wrong_type_or_sign_fail_pre_flight(tmp_path, key, value):
+    err = preflight_error(tmp_path, datalist_file=datalist(tmp_path, [good_pair(tmp_path)]), **{key: value})
+    assert f"'{key}'" in str(err) and repr(value) in str(err)
+
+
+def test_an_output_folder_that_cannot_be_written_fails_pre_flight(tmp_path):
+    # tests run as root, which may write anywhere: a path below a regular file is unwritable for everyone
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file")
+    err = preflight_error(
+        tmp_path, datalist_file=datalist(tmp_path, [good_pair(tmp_path)]), output_dir=str(blocker / "eval")
+    )
+    assert "'output_dir'" in str(err) and str(blocker / "eval") in str(err) and "is a file" in str(err)
+
+
+def test_the_write_probe_leaves_nothing_behind(tmp_path):
+    from lightvessel_monai.utils import check_writable
+
+    check_writable({"ckpt_dir": tmp_path / "models" / "teacher", "output_dir": tmp_path})
+    assert list(tmp_path.iterdir()) == [], "the probe created a folder or left a file"
