@@ -21,7 +21,7 @@ from torch import nn
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 from lightvessel_monai.utils import load_state_dict_checked, read_state_dict
 
-__all__ = ["describe", "teacher_fingerprint", "cached_teacher_path", "TeacherStage"]
+__all__ = ["describe", "teacher_fingerprint", "run_fingerprint", "cached_teacher_path", "TeacherStage"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ def describe(obj: Any, depth: int = 6) -> Any:
 def teacher_fingerprint(
     teacher: nn.Module, datalist: Sequence[Mapping] | None = None, settings: Any = None, recipe: Any = None
 ) -> str:
-    """A short hash of what determines a trained teacher: architecture, training data, settings and recipe.
+    """A short hash of what determines a trained network: architecture, training data, settings and recipe.
+
+    It keys the teacher cache, and (as :func:`run_fingerprint`, with the student) the resume state of a run, so
+    that a run resumes only its own state and never blocks, or overwrites, the state of a different run.
 
     ``recipe`` is what else shapes the teacher, e.g. ``{"transforms": <the training Compose>, "loss": <loss>}``:
     it enters the hash through :func:`describe`, so that changing the preprocessing, the augmentation or the loss
@@ -89,6 +92,9 @@ def teacher_fingerprint(
     if recipe is not None:
         blob["recipe"] = describe(recipe)
     return hashlib.sha256(json.dumps(blob, default=str).encode()).hexdigest()[:12]
+
+
+run_fingerprint = teacher_fingerprint  # the same key, computed for the student of a run
 
 
 def cached_teacher_path(teacher_dir: str, fingerprint: str) -> str:

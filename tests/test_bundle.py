@@ -97,7 +97,7 @@ def test_training_inference_evaluate(tmp_path):
     assert sum(p.numel() for p in student.parameters()) < 500_000
     report = (root / "eval" / "report.csv").read_text().splitlines()
     assert report[0].startswith("model,dice,params,cpu_latency_ms") and len(report) == 3
-    assert not (root / "models" / "resume" / "student.pt").exists(), "a finished run leaves no resume file"
+    assert not list((root / "models" / "resume").glob("student_*.pt")), "a finished run leaves no resume file"
     assert list((root / "eval" / "tensorboard" / "student").glob("events.out.tfevents.*"))
 
     # inference reads the student checkpoint back and writes PNG masks
@@ -165,3 +165,51 @@ def test_a_run_whose_interval_skips_the_last_epoch_saves_and_reports_its_own_stu
     assert list((root / "models" / "teacher").glob("teacher_*.pt")), "the teacher stage wrote no checkpoint"
     curve = (root / "eval" / "student_curve.csv").read_text().splitlines()
     assert len(curve) == 2 and curve[1].split(",")[:2] == ["2", "1"]  # one validation, after epoch 1 (2 iterations)
+
+
+def _tiny_command(root, extra):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json")]
+    overrides = {**TINY, "bundle_root": str(root), "dataset_dir": str(root / "data"), **extra}
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    return cmd
+
+
+@pytest.mark.integration
+def test_a_killed_run_resumes_its_own_state_and_another_run_leaves_it_alone(tmp_path):
+    import signal
+    import time
+
+    root = tmp_path / "bundle"
+    long_run = _tiny_command(root, {"max_epochs": 8, "val_interval": 1000})
+    proc = subprocess.Popen(long_run, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resume_dir = root / "models" / "resume"
+    deadline = time.monotonic() + 400
+    while not list(resume_dir.glob("student_*.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.3)  # into the next epoch, mid-way
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    states = list(resume_dir.glob("student_*.pt"))
+    assert len(states) == 1, "the killed run left no resume state"
+    mine = states[0]
+    before = mine.read_bytes()
+
+    # a different run (another student) in the same bundle: it neither resumes nor touches the killed run's state
+    other = subprocess.run(
+        _tiny_command(root, {"max_epochs": 1, "network_def#features": "[4,4,8,8,16,4]"}),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "resumed from" not in other.stdout + other.stderr
+    assert mine.read_bytes() == before
+
+    # the same command again resumes where it was killed, and finishes
+    again = subprocess.run(long_run, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert f"resumed from {mine}" in log and "at epoch 0," not in log
+    assert not mine.exists(), "a finished run removes its resume state"
