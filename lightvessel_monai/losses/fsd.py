@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.losses._common import full_precision
+from lightvessel_monai.losses._common import channel_l2_normalise, full_precision
 from lightvessel_monai.losses.base import DistillationInputs, Distiller
 
 __all__ = ["FeatureSimilarityDistillation", "fsd_pair_loss", "naive_similarity_loss"]
@@ -129,8 +129,7 @@ def _nodes(
         if min(size) < pool_size:
             raise ValueError(f"FSD pool_size {pool_size} is larger than the common grid {size}")
         x = _POOLS[spatial_dims](x, kernel_size=pool_size, stride=pool_size)
-    x = F.normalize(x, p=2.0, dim=1, eps=eps)
-    return x.flatten(2)
+    return channel_l2_normalise(x, eps).flatten(2)
 
 
 def _prepare(
@@ -203,7 +202,7 @@ def fsd_pair_loss(
             difference of such sums, so in float32 its absolute error is of order ``1e-7 * mean(S^2)``
             (about 1e-8 measured at 512x512 with 64 channels): ample for training, but once the loss falls
             below ~1e-5 (student similarities already very close) ``torch.float64`` gives more correct digits.
-        eps: ``eps`` of ``F.normalize`` (guards all-zero feature vectors).
+        eps: the smallest norm divided by (as in ``F.normalize``; guards all-zero feature vectors).
 
     Returns:
         scalar tensor, in the inputs' floating dtype (float32 for half-precision inputs).
