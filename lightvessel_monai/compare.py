@@ -21,7 +21,6 @@ requested settings is not repeated, so an interrupted comparison resumes where i
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
@@ -44,7 +43,7 @@ from lightvessel_monai.metrics import METRIC_NAMES
 from lightvessel_monai.networks import count_parameters
 from lightvessel_monai.report import cpu_latency_ms
 from lightvessel_monai.significance import bootstrap_mean_ci, paired_difference
-from lightvessel_monai.utils import load_state_dict_checked
+from lightvessel_monai.utils import atomic_write_text, csv_text, load_state_dict_checked
 
 __all__ = ["main", "compare", "method_config"]
 
@@ -88,9 +87,7 @@ def _fingerprint(payload: Mapping[str, Any]) -> str:
 
 
 def _atomic_json(path: Path, payload: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str))
 
 
 def _model_facts(network: torch.nn.Module, input_shape: Sequence[int], latency_repeats: int) -> dict[str, float]:
@@ -253,14 +250,17 @@ class Comparison:
     # ------------------------------------------------------------------------------------------ outputs
 
     def write_outputs(self, teacher: dict[str, Any], results: Sequence[dict[str, Any]], methods: Sequence[str]) -> None:
-        with open(self.output_dir / "runs.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["method", "seed", "iterations", "train_seconds", *METRIC_NAMES])
-            for r in results:
-                writer.writerow(
-                    [r["method"], r["seed"], r["iterations"], r["train_seconds"]]
-                    + [round(r["metrics"][m], 4) for m in METRIC_NAMES]
-                )
+        run_rows = [
+            {
+                "method": r["method"],
+                "seed": r["seed"],
+                "iterations": r["iterations"],
+                "train_seconds": r["train_seconds"],
+            }
+            | {m: round(r["metrics"][m], 4) for m in METRIC_NAMES}
+            for r in results
+        ]
+        atomic_write_text(self.output_dir / "runs.csv", csv_text(run_rows))
         table: list[dict[str, Any]] = []
         for name in ["teacher", *methods]:
             runs = [teacher] if name == "teacher" else [r for r in results if r["method"] == name]
@@ -273,12 +273,9 @@ class Comparison:
             if name != "teacher":
                 row.update(self._intervals(name, results))
             table.append(row)
-        with open(self.output_dir / "results.csv", "w", newline="") as f:
-            fields = list(dict.fromkeys(key for row in table for key in row))  # the teacher has no intervals
-            writer = csv.DictWriter(f, fieldnames=fields, restval="-")
-            writer.writeheader()
-            writer.writerows(table)
-        (self.output_dir / "results.md").write_text(self._markdown(table))
+        fields = list(dict.fromkeys(key for row in table for key in row))  # the teacher has no intervals
+        atomic_write_text(self.output_dir / "results.csv", csv_text(table, fields, restval="-"))
+        atomic_write_text(self.output_dir / "results.md", self._markdown(table))
         students = [row for row in table if row["model"] != "teacher"]
         dice_bar_chart(
             {row["model"]: row["dice_mean"] for row in students},

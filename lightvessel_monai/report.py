@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import os
 import statistics
@@ -16,7 +15,7 @@ from torch import nn
 
 from lightvessel_monai.evaluation import evaluate_cases, mean_over_cases
 from lightvessel_monai.networks import count_parameters
-from lightvessel_monai.utils import load_state_dict_checked
+from lightvessel_monai.utils import atomic_write_text, csv_text, load_state_dict_checked
 
 __all__ = ["evaluate_dice", "cpu_latency_ms", "write_report"]
 
@@ -95,10 +94,7 @@ def write_report(
             }
         )
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "report.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_text(os.path.join(output_dir, "report.csv"), csv_text(rows))
     shape, threads = "x".join(str(s) for s in input_shape[2:]), torch.get_num_threads()
     lines = [
         f"| model | Dice | parameters | median CPU latency, one {shape} image (ms, {threads} threads) |",
@@ -106,7 +102,6 @@ def write_report(
     ]
     lines += [f"| {r['model']} | {r['dice']:.4f} | {r['params']:,} | {r['cpu_latency_ms']:.1f} |" for r in rows]
     table = "\n".join(lines)
-    with open(os.path.join(output_dir, "report.md"), "w") as f:
-        f.write(table + "\n")
+    atomic_write_text(os.path.join(output_dir, "report.md"), table + "\n")
     printer(table)
     return rows

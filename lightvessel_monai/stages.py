@@ -19,7 +19,7 @@ from monai.utils import set_determinism
 from torch import nn
 
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
-from lightvessel_monai.utils import load_state_dict_checked, read_state_dict
+from lightvessel_monai.utils import atomic_write_text, load_state_dict_checked, read_state_dict
 
 __all__ = ["describe", "teacher_fingerprint", "run_fingerprint", "cached_teacher_path", "TeacherStage"]
 
@@ -180,7 +180,7 @@ class TeacherStage:
         shutil.copyfile(self.best_checkpoint, tmp)
         os.replace(tmp, self.checkpoint)
         metric = getattr(getattr(self.evaluator, "state", None), "best_metric", None)
-        with open(os.path.splitext(self.checkpoint)[0] + ".json", "w") as f:
-            json.dump({**self.info, "best_val_dice": metric}, f, indent=2, default=str)
+        info = json.dumps({**self.info, "best_val_dice": metric}, indent=2, default=str)
+        atomic_write_text(os.path.splitext(self.checkpoint)[0] + ".json", info)
         logger.info(f"cached the teacher at {self.checkpoint} (best validation Dice {metric})")
         return self.checkpoint

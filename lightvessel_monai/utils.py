@@ -19,6 +19,8 @@ __all__ = [
     "check_positive_ints",
     "check_positive_numbers",
     "check_writable",
+    "atomic_write_text",
+    "csv_text",
     "load_state_dict_checked",
     "load_weights",
     "read_state_dict",
@@ -213,3 +215,38 @@ def check_writable(folders: Mapping[str, str | os.PathLike]) -> None:
         except OSError as err:
             reason = str(err) if isinstance(err, NotADirectoryError) else (err.strerror or type(err).__name__)
             raise ConfigKeyError(f"config key '{key}': cannot write to {path} ({reason})") from None
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> str:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, fsync'ed, then ``os.replace``.
+
+    A process killed mid-write leaves the previous file whole (and at most a hidden ``.<name>.*.tmp``, never a
+    truncated ``path``); readers see the old content or the new, never a mix.
+    """
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return str(path)
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None, restval: Any = "") -> str:
+    """``rows`` as CSV text with a header (for :func:`atomic_write_text`)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fieldnames or rows[0]), restval=restval)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
