@@ -97,6 +97,38 @@ def teacher_fingerprint(
 run_fingerprint = teacher_fingerprint  # the same key, computed for the student of a run
 
 
+def _entry_files(datalist: Sequence[Mapping] | None) -> list[str]:
+    """Every file named by the entries, in order (a folder, e.g. a DICOM series, counts as all the files in it)."""
+    files: list[str] = []
+    for entry in datalist or []:
+        for key in sorted(entry):
+            values = entry[key] if isinstance(entry[key], (list, tuple)) else [entry[key]]
+            for value in values:
+                path = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+                if path and os.path.isdir(path):
+                    files += sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+                elif path and os.path.isfile(path):
+                    files.append(path)
+    return files
+
+
+def data_stat_digest(datalist: Sequence[Mapping] | None) -> str:
+    """A cheap hash of the data files' paths, sizes and modification times (no file is read)."""
+    stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in _entry_files(datalist)]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
+
+def data_content_digest(datalist: Sequence[Mapping] | None) -> str:
+    """A hash of the data files' bytes, in datalist order (file names do not enter it)."""
+    digest = hashlib.sha256()
+    for path in _entry_files(datalist):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")  # file boundary
+    return digest.hexdigest()
+
+
 def cached_teacher_path(teacher_dir: str, fingerprint: str) -> str:
     """Where the teacher trained for ``fingerprint`` is cached (outside ``models/*.pt``, see MONAI Label)."""
     return os.path.join(teacher_dir, f"teacher_{fingerprint}.pt")
@@ -117,6 +149,9 @@ class TeacherStage:
             stage, so that distillation gives the same numbers whether the teacher was trained in this run
             or loaded from the cache.
         dataset: the training dataset whose random transforms are re-seeded with ``seed``.
+        datalist: the teacher's training and validation entries. The cache key has only their file names, so the
+            hash of their bytes is recorded beside a cached teacher and checked on every reuse (through sizes and
+            modification times first, bytes on a change): other data under the same names trains a new teacher.
     """
 
     def __init__(
@@ -130,6 +165,7 @@ class TeacherStage:
         info: Mapping[str, Any] | None = None,
         seed: int | None = None,
         dataset: Any = None,
+        datalist: Sequence[Mapping] | None = None,
     ) -> None:
         self.trainer = trainer
         self.checkpoint = checkpoint
@@ -140,6 +176,7 @@ class TeacherStage:
         self.info = dict(info or {})
         self.seed = seed
         self.dataset = dataset
+        self.datalist = datalist
 
     def ensure(self, force: bool = False) -> str:
         """Return the teacher checkpoint path, training the teacher first if it is not cached (or ``force``)."""
@@ -158,12 +195,13 @@ class TeacherStage:
                 load_state_dict_checked(self.teacher, self.checkpoint, what="teacher")
             logger.info(f"using the teacher checkpoint {self.checkpoint}")
             return self.checkpoint
-        if os.path.isfile(self.checkpoint) and not force:
+        cached = os.path.isfile(self.checkpoint)
+        if cached and not force and self._same_data():
             logger.info(f"reusing the cached teacher {self.checkpoint}")
             return self.checkpoint
         if force:
             logger.info(f"retraining the teacher for {self.checkpoint} (forced)")
-        else:
+        elif not cached:
             logger.info(f"no cached teacher at {self.checkpoint}: training the teacher first")
         if os.path.isfile(self.best_checkpoint):
             os.remove(self.best_checkpoint)  # a stale best from an interrupted, different run
@@ -180,7 +218,37 @@ class TeacherStage:
         shutil.copyfile(self.best_checkpoint, tmp)
         os.replace(tmp, self.checkpoint)
         metric = getattr(getattr(self.evaluator, "state", None), "best_metric", None)
-        info = json.dumps({**self.info, "best_val_dice": metric}, indent=2, default=str)
-        atomic_write_text(os.path.splitext(self.checkpoint)[0] + ".json", info)
+        digests = {"data_sha256": data_content_digest(self.datalist), "data_stat": data_stat_digest(self.datalist)}
+        self._write_info({**self.info, "best_val_dice": metric, **(digests if self.datalist is not None else {})})
         logger.info(f"cached the teacher at {self.checkpoint} (best validation Dice {metric})")
         return self.checkpoint
+
+    @property
+    def info_path(self) -> str:
+        return os.path.splitext(self.checkpoint)[0] + ".json"
+
+    def _write_info(self, info: Mapping[str, Any]) -> None:
+        atomic_write_text(self.info_path, json.dumps(info, indent=2, default=str))
+
+    def _same_data(self) -> bool:
+        """Whether the cached teacher was trained on the bytes of today's files (see ``datalist``)."""
+        if self.datalist is None:
+            return True
+        try:
+            recorded = json.loads(open(self.info_path).read())
+        except (OSError, ValueError):
+            recorded = {}
+        stat = data_stat_digest(self.datalist)
+        if "data_sha256" not in recorded:  # cached before the content hash existed: adopt today's files
+            logger.warning(f"cached teacher {self.checkpoint} has no data hash (an older cache entry): recording it")
+            self._write_info({**recorded, "data_sha256": data_content_digest(self.datalist), "data_stat": stat})
+            return True
+        if recorded.get("data_stat") == stat:
+            return True
+        if recorded["data_sha256"] == data_content_digest(self.datalist):  # touched, not changed
+            self._write_info({**recorded, "data_stat": stat})
+            return True
+        logger.warning(
+            f"cached teacher {self.checkpoint} was trained on other data under the same file names: retraining it"
+        )
+        return False

@@ -213,3 +213,27 @@ def test_a_killed_run_resumes_its_own_state_and_another_run_leaves_it_alone(tmp_
     log = again.stdout + again.stderr
     assert f"resumed from {mine}" in log and "at epoch 0," not in log
     assert not mine.exists(), "a finished run removes its resume state"
+
+
+@pytest.mark.integration
+def test_other_data_under_the_same_file_names_trains_a_new_teacher(tmp_path):
+    root = tmp_path / "bundle"
+    run_bundle("training", ["train.json"], root, {"max_epochs": 1})
+    (entry,) = list((root / "models" / "teacher").glob("teacher_*.json"))
+    recorded = json.loads(entry.read_text())
+    assert len(recorded["data_sha256"]) == 64
+
+    # touched but unchanged files: still the same teacher (the content hash confirms it)
+    image = root / "data" / "imagesTr" / "angio_0000.png"
+    image.write_bytes(image.read_bytes())
+    proc = run_bundle("training", ["train.json"], root, {"max_epochs": 1})
+    assert "reusing the cached teacher" in proc.stdout + proc.stderr
+
+    # the same names, other pixels (the synthetic cache itself stays valid: its files all exist)
+    pixels = np.asarray(Image.open(image))
+    Image.fromarray(np.ascontiguousarray(pixels[::-1])).save(image)
+    proc = run_bundle("training", ["train.json"], root, {"max_epochs": 1})
+    log = proc.stdout + proc.stderr
+    assert "trained on other data under the same file names: retraining it" in log
+    assert "reusing the cached teacher" not in log
+    assert json.loads(entry.read_text())["data_sha256"] != recorded["data_sha256"]
