@@ -3,12 +3,13 @@ from lightvessel_monai.handlers.finite import StopOnNonFiniteLoss
 from lightvessel_monai.handlers.group import HandlerGroup
 from lightvessel_monai.handlers.learning_curve import LearningCurveHandler
 from lightvessel_monai.handlers.progress import ProgressBarHandler
-from lightvessel_monai.handlers.resume import ResumeCheckpoint
+from lightvessel_monai.handlers.resume import BestCheckpointState, ResumeCheckpoint
 from lightvessel_monai.handlers.self_teacher import SelfTeacherHandler, make_self_teacher
 from lightvessel_monai.handlers.validation import FinalValidationHandler
 
 __all__ = [
     "AdversarialUpdateHandler",
+    "BestCheckpointState",
     "FinalValidationHandler",
     "HandlerGroup",
     "LearningCurveHandler",

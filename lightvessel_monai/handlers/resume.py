@@ -84,3 +84,26 @@ class ResumeCheckpoint:
     def remove(self, engine: Engine) -> None:
         if os.path.isfile(self.path):
             os.remove(self.path)
+
+
+class BestCheckpointState:
+    """The best-metric bookkeeping of a MONAI ``CheckpointSaver``, as an object a resume checkpoint can hold.
+
+    ``CheckpointSaver(save_key_metric=True)`` keeps, in its ignite ``Checkpoint``, the score of the best epoch so far;
+    a new process starts with none, so after a resume the first validation, however poor, would replace
+    ``models/model.pt``. Put this in the resume ``save_dict`` and the resumed saver compares against the best score
+    of the killed run. MONAI's saver offers ``load_state_dict`` but no ``state_dict``; the latter reads its key-metric
+    ``Checkpoint`` directly.
+    """
+
+    def __init__(self, saver: Any) -> None:
+        self.saver = saver
+
+    def state_dict(self) -> dict[str, Any]:
+        checkpoint = getattr(self.saver, "_key_metric_checkpoint", None)
+        saved = checkpoint.state_dict()["_saved"] if checkpoint is not None else []
+        # plain floats and strings: the resume file is read back with weights_only=True
+        return {"_saved": [(float(priority), str(name)) for priority, name in saved]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.saver.load_state_dict(dict(state))
