@@ -237,3 +237,20 @@ def test_non_binary_label_3d_lists_at_most_five(tmp_path: Path) -> None:
     )
     assert check_datalist([entry], label_values=range(9)) == [entry]
     assert check_datalist([entry], label_values=None) == [entry]
+
+
+def test_the_pre_flight_summary_counts_entries_outside_dataset_dir(tmp_path, caplog):
+    import logging
+
+    from lightvessel_monai.data.checks import count_outside
+
+    inside = tmp_path / "data"
+    (inside / "sub").mkdir(parents=True)
+    entries = [
+        {"image": str(inside / "a.png"), "label": str(inside / "sub" / "a.png")},
+        {"image": str(tmp_path / "elsewhere.png"), "label": str(inside / "b.png")},
+        {"image": str(inside / ".." / "escaped.png"), "label": str(inside / "c.png")},  # '..' leaves the folder
+    ]
+    with caplog.at_level(logging.INFO, logger="lightvessel_monai.data.checks"):
+        assert count_outside(entries, inside) == 2
+    assert f"3 entries checked, 2 of them read from outside {inside.resolve()}" in caplog.text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
 import os
 import struct
@@ -26,7 +27,9 @@ import numpy as np
 
 from lightvessel_monai.errors import ConfigKeyError, DataError
 
-__all__ = ["load_datalist", "check_datalist"]
+__all__ = ["load_datalist", "check_datalist", "count_outside"]
+
+logger = logging.getLogger(__name__)
 
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -571,3 +574,19 @@ def check_datalist(
                     if problem:
                         raise DataError(f"{what} has a different affine than {ref_key} {ref_path}: {problem}")
     return datalist
+
+
+def count_outside(datalist: Sequence[dict], folder: str | os.PathLike, keys: Sequence[str] = ("image", "label")) -> int:
+    """Log, and return, how many datalist entries name a file outside ``folder`` (the configured ``dataset_dir``).
+
+    Datalists may point anywhere (real-data overlays read ``../shared/data`` in place, MSD datalists often hold
+    absolute paths), so this is not an error; the pre-flight summary says it, so that a user sees where data is read.
+    """
+    root = Path(folder).resolve()
+    outside = 0
+    for entry in datalist:
+        paths = [entry[k] for k in keys if isinstance(entry, dict) and isinstance(entry.get(k), (str, os.PathLike))]
+        if any(not Path(p).resolve().is_relative_to(root) for p in paths):
+            outside += 1
+    logger.info(f"pre-flight: {len(datalist)} entries checked, {outside} of them read from outside {root}")
+    return outside
