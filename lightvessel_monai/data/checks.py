@@ -135,7 +135,46 @@ def _format(path: str) -> str:
         return "pil"
     if lower.endswith(_DICOM_SUFFIXES):
         return "dicom"
-    return "other"
+    return _sniff(path)
+
+
+_NOT_AN_IMAGE = (
+    "is not an image this bundle reads (PNG, JPEG, TIFF, GIF, BMP, NIfTI, DICOM, NRRD, MetaImage), "
+    "judged by its content"
+)
+
+_MAGIC = (  # leading bytes of the formats the bundle's readers (PIL, nibabel, pydicom, ITK) read
+    (b"\x89PNG\r\n\x1a\n", "pil"),
+    (b"\xff\xd8\xff", "pil"),  # JPEG
+    (b"II*\x00", "pil"),  # TIFF, little-endian
+    (b"MM\x00*", "pil"),  # TIFF, big-endian
+    (b"GIF8", "pil"),
+    (b"BM", "pil"),
+    (b"\x1f\x8b", "nifti"),  # gzip: a compressed NIfTI is the one gzip format the readers take
+    (b"NRRD", "other"),
+    (b"ObjectType", "other"),  # MetaImage header
+)
+
+
+def _sniff(path: str) -> str:
+    """The format of a file with an unknown extension, from its content; an unknown one is :class:`_Unreadable`.
+
+    A datalist may name any file, so pre-flight never trusts a name: ``../../etc/passwd`` is refused here, before a
+    reader gets it.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(352)
+    except OSError:
+        return "other"  # the caller reports the OSError with the file's name
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00", b"n+2\x00"):
+        return "nifti"
+    return "unknown"
 
 
 def _nifti_expected_bytes(img: Any) -> int:
@@ -321,6 +360,8 @@ def _spatial_shape(path: str) -> _Info:
     """
     _check_not_empty(path)
     kind = _format(path)
+    if kind == "unknown":
+        raise _Unreadable(_NOT_AN_IMAGE)
     if kind == "pil":
         from PIL import Image
 
@@ -373,6 +414,8 @@ def _read_label(path: str) -> tuple[_Info, np.ndarray | None]:
     """Read a label file: its shapes and affine, and its voxel array (``None`` for DICOM and unknown formats)."""
     _check_not_empty(path)
     kind = _format(path)
+    if kind == "unknown":
+        raise _Unreadable(_NOT_AN_IMAGE)
     if kind == "pil":
         from PIL import Image
 
