@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
-from pathlib import Path
+
+from lightvessel_monai.utils import atomic_write_text, csv_text
 
 __all__ = ["plateau_iteration", "read_curve", "write_curve"]
 
@@ -14,15 +15,8 @@ CURVE_COLUMNS = ("iteration", "epoch", "metric")
 
 def write_curve(path: str | os.PathLike, points: Sequence[tuple[int, int, float]]) -> str:
     """Write ``(iteration, epoch, metric)`` rows to ``path`` as CSV, atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CURVE_COLUMNS)
-        writer.writerows((int(i), int(e), f"{float(m):.6f}") for i, e, m in points)
-    os.replace(tmp, path)
-    return str(path)
+    rows = [dict(zip(CURVE_COLUMNS, (int(i), int(e), f"{float(m):.6f}"), strict=True)) for i, e, m in points]
+    return atomic_write_text(path, csv_text(rows, CURVE_COLUMNS))
 
 
 def read_curve(path: str | os.PathLike) -> list[tuple[int, int, float]]:

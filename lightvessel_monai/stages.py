@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,7 +115,7 @@ def _entry_files(datalist: Sequence[Mapping] | None) -> list[str]:
 
 def data_stat_digest(datalist: Sequence[Mapping] | None) -> str:
     """A cheap hash of the data files' paths, sizes and modification times (no file is read)."""
-    stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in _entry_files(datalist)]
+    stats = [(p, s.st_size, s.st_mtime_ns) for p in _entry_files(datalist) for s in [os.stat(p)]]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
 
 
@@ -235,7 +236,7 @@ class TeacherStage:
         if self.datalist is None:
             return True
         try:
-            recorded = json.loads(open(self.info_path).read())
+            recorded = json.loads(Path(self.info_path).read_text())
         except (OSError, ValueError):
             recorded = {}
         stat = data_stat_digest(self.datalist)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import pickle
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -201,8 +204,6 @@ def check_writable(folders: Mapping[str, str | os.PathLike]) -> None:
     file, is a :class:`ConfigKeyError` naming the key and the folder instead of an ``OSError`` traceback after
     the first epoch.
     """
-    import tempfile
-
     for key, folder in folders.items():
         path = Path(folder).absolute()
         existing = next(p for p in (path, *path.parents) if p.exists())
@@ -223,8 +224,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
     A process killed mid-write leaves the previous file whole (and at most a hidden ``.<name>.*.tmp``, never a
     truncated ``path``); readers see the old content or the new, never a mix.
     """
-    import tempfile
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -242,9 +241,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
 
 def csv_text(rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None, restval: Any = "") -> str:
     """``rows`` as CSV text with a header (for :func:`atomic_write_text`)."""
-    import csv
-    import io
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(fieldnames or rows[0]), restval=restval)
     writer.writeheader()

@@ -32,12 +32,18 @@ TINY = {
 }
 
 
-def run_bundle(run_id, configs, root, extra=None, check=True, tiny=True):
+def bundle_command(run_id, configs, root, extra=None, tiny=True):
+    """``python -m monai.bundle run <run_id>`` on ``configs`` (names in bundle/configs, or paths) with overrides."""
     files = "[" + ",".join(f"'{CONFIGS / c}'" for c in configs) + "]"
     overrides = {**(TINY if tiny else {}), "bundle_root": str(root), "dataset_dir": str(root / "data"), **(extra or {})}
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", files]
     for key, value in overrides.items():
         cmd += [f"--{key}", str(value)]
+    return cmd
+
+
+def run_bundle(run_id, configs, root, extra=None, check=True, tiny=True):
+    cmd = bundle_command(run_id, configs, root, extra, tiny)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{run_id} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -167,21 +173,13 @@ def test_a_run_whose_interval_skips_the_last_epoch_saves_and_reports_its_own_stu
     assert len(curve) == 2 and curve[1].split(",")[:2] == ["2", "1"]  # one validation, after epoch 1 (2 iterations)
 
 
-def _tiny_command(root, extra):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json")]
-    overrides = {**TINY, "bundle_root": str(root), "dataset_dir": str(root / "data"), **extra}
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    return cmd
-
-
 @pytest.mark.integration
 def test_a_killed_run_resumes_its_own_state_and_another_run_leaves_it_alone(tmp_path):
     import signal
     import time
 
     root = tmp_path / "bundle"
-    long_run = _tiny_command(root, {"max_epochs": 8, "val_interval": 1000})
+    long_run = bundle_command("training", ["train.json"], root, {"max_epochs": 8, "val_interval": 1000})
     proc = subprocess.Popen(long_run, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resume_dir = root / "models" / "resume"
     deadline = time.monotonic() + 400
@@ -196,14 +194,8 @@ def test_a_killed_run_resumes_its_own_state_and_another_run_leaves_it_alone(tmp_
     before = mine.read_bytes()
 
     # a different run (another student) in the same bundle: it neither resumes nor touches the killed run's state
-    other = subprocess.run(
-        _tiny_command(root, {"max_epochs": 1, "network_def#features": "[4,4,8,8,16,4]"}),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert other.returncode == 0, other.stderr[-3000:]
+    other = run_bundle("training", ["train.json"], root, {"max_epochs": 1, "network_def#features": "[4,4,8,8,16,4]"})
+
     assert "resumed from" not in other.stdout + other.stderr
     assert mine.read_bytes() == before
 

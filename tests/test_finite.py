@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from ignite.engine import Engine
@@ -13,7 +10,7 @@ from lightvessel_monai.errors import CheckpointMismatchError, TrainingDivergedEr
 from lightvessel_monai.handlers import StopOnNonFiniteLoss
 from lightvessel_monai.utils import load_state_dict_checked
 
-from conftest import REPO, tiny_unet
+from conftest import tiny_unet
 
 
 def _engine_with_losses(per_iteration):
@@ -67,14 +64,12 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
 @pytest.mark.integration
 def test_a_diverging_run_fails_with_one_line_and_keeps_the_cached_teacher_out(tmp_path):
     # a learning rate of 1e6 drives the teacher's loss to NaN within a few iterations
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.json"]
-    cmd += ["--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", str(tmp_path / "data")]
+    from test_bundle import run_bundle
+
     sets = {"synthetic#num_train": 4, "synthetic#num_val": 1, "synthetic#size": 64, "image_size": "[64,64]"}
     sets.update({"patch_size": "[32,32]", "samples_per_image": 2, "batch_size": 2, "teacher_max_epochs": 20})
     sets.update({"teacher_learning_rate": 1e6, "progress_bar": "False", "teacher_def#features": "[4,4,8,8,16,4]"})
-    for key, value in sets.items():
-        cmd += [f"--{key}", str(value)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = run_bundle("training", ["train.json"], tmp_path / "bundle", sets, check=False, tiny=False)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("lightvessel_monai error:")]
     assert len(lines) == 1 and "teacher training diverged at iteration" in lines[0], proc.stderr[-3000:]

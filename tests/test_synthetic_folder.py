@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +11,6 @@ from lightvessel_monai.data._cache import MARKER
 from lightvessel_monai.data.synthetic_2d import make_synthetic_angiograms
 from lightvessel_monai.data.synthetic_3d import make_synthetic_ct
 from lightvessel_monai.errors import DataError
-
-from conftest import REPO
 
 
 def _user_dataset(root: Path) -> dict[Path, bytes]:
@@ -93,9 +89,9 @@ def test_the_bundle_command_refuses_a_users_dataset_dir(tmp_path):
     root = tmp_path / "my_msd_dataset"
     _user_dataset(root)
     before = _snapshot(root)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.json"]
-    cmd += ["--dataset_dir", str(root), "--bundle_root", str(tmp_path / "bundle")]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    from test_bundle import run_bundle
+
+    proc = run_bundle("training", ["train.json"], tmp_path / "bundle", {"dataset_dir": root}, check=False, tiny=False)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("lightvessel_monai error:")]
     assert len(lines) == 1 and str(root) in lines[0] and "did not write" in lines[0], proc.stderr[-3000:]

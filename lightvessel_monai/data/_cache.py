@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from lightvessel_monai.errors import DataError
+from lightvessel_monai.utils import atomic_write_text
 
 __all__ = ["MARKER", "cache_valid", "claim_folder", "derived_seed", "prepare_dataset_dirs", "write_json_atomic"]
 
@@ -44,15 +43,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
     Readers see either the old file, no file, or the complete new one, never a partial write.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def _is_legacy_cache(root: Path, dataset_name: str) -> bool:

@@ -157,7 +157,7 @@ _MAGIC = (  # leading bytes of the formats the bundle's readers (PIL, nibabel, p
 
 
 def _sniff(path: str) -> str:
-    """The format of a file with an unknown extension, from its content; an unknown one is :class:`_Unreadable`.
+    """The format of a file with an unknown extension, from its content (``"unknown"`` when none matches).
 
     A datalist may name any file, so pre-flight never trusts a name: ``../../etc/passwd`` is refused here, before a
     reader gets it.
@@ -413,9 +413,7 @@ def _nifti_info(img: Any) -> _Info:
 def _read_label(path: str) -> tuple[_Info, np.ndarray | None]:
     """Read a label file: its shapes and affine, and its voxel array (``None`` for DICOM and unknown formats)."""
     _check_not_empty(path)
-    kind = _format(path)
-    if kind == "unknown":
-        raise _Unreadable(_NOT_AN_IMAGE)
+    kind = _format(path)  # an "unknown" one falls through to _spatial_shape, which refuses it
     if kind == "pil":
         from PIL import Image
 
