@@ -19,10 +19,8 @@ A method may carry config overrides, ``name+key=json+key=json``, to time variant
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
-import re
 import statistics
 import tempfile
 import time
@@ -31,23 +29,12 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
+from lightvessel_monai.compare import split_methods, split_variant
 from lightvessel_monai.handlers import AdversarialUpdateHandler, HandlerGroup
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "bundle" / "configs" / "train.json"
 METHODS = ["none", "kd", "at", "cwd", "skd", "emkd", "dskd", "dskd_kd", "lightvessel"]
-
-
-def split_variant(spec: str) -> tuple[str, dict[str, object]]:
-    """``"lightvessel+critic_channels=[8,16]"`` -> ``("lightvessel", {"critic_channels": [8, 16]})``."""
-    method, *items = spec.split("+")
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--methods: '{item}' in '{spec}' is not KEY=JSON")
-        overrides[key] = json.loads(value)
-    return method, overrides
 
 
 def build_trainer(spec: str, data: str | None, batches: list[dict], root: str):
@@ -144,8 +131,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="iterations per method per round")
     args = ap.parse_args()
     torch.manual_seed(0)
-    # commas inside [...] belong to an override's JSON list, not to the method list
-    methods = [m.strip() for m in re.split(r",(?![^\[]*\])", args.methods) if m.strip()]
+    methods = split_methods(args.methods)
 
     probe = ConfigParser()
     probe.read_config([str(TRAIN)] + ([args.data] if args.data else []))

@@ -16,6 +16,12 @@ Outputs, all under ``--output_dir``: ``results.md`` and ``results.csv`` (mean ±
 FLOPs and CPU latency), ``runs.csv`` (one row per run), ``dice.png`` (bar chart), ``overlays/case_<i>.png``, and per
 run ``runs/<method>_seed<k>/`` with ``model.pt`` and ``result.json``. A run whose ``result.json`` matches the
 requested settings is not repeated, so an interrupted comparison resumes where it stopped.
+
+A method may carry its own config overrides, ``<name>+KEY=JSON+KEY=JSON``, to compare variants of one method side by
+side with the same ``none`` runs, e.g. ``--methods "none,lightvessel,lightvessel+asd_weight=0.001"``; such a run is
+stored under ``runs/<name>+KEY=JSON..._seed<k>/`` and named by its whole spec in every table. With
+``--set term_grad_interval=N`` every run also records, every N iterations, the gradient norm of each weighted term on
+the student's parameters; ``results.md`` then gets a table of their medians against the segmentation loss's.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -45,7 +52,7 @@ from lightvessel_monai.report import cpu_latency_ms
 from lightvessel_monai.significance import bootstrap_mean_ci, paired_difference
 from lightvessel_monai.utils import atomic_write_text, csv_text, load_state_dict_checked
 
-__all__ = ["main", "compare", "method_config"]
+__all__ = ["main", "compare", "method_config", "split_methods", "split_variant"]
 
 logger = logging.getLogger("lightvessel_monai.compare")
 
@@ -57,8 +64,30 @@ BASELINE = "none"  # the method every other one is paired with
 CI_LEVEL = 0.95
 
 
-def method_config(name: str) -> Path:
-    """``configs/methods/<name>.json``; an unknown name is a one-line error listing the known ones."""
+def split_methods(text: str) -> list[str]:
+    """``"none,kd,cwd+cwd_pairs=[1,2]"`` -> ``["none", "kd", "cwd+cwd_pairs=[1,2]"]``: commas inside ``[...]`` or
+    ``{...}`` belong to a variant's JSON value, not to the list."""
+    return [item.strip() for item in re.split(r",(?![^\[{]*[\]}])", text) if item.strip()]
+
+
+def split_variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"lightvessel+asd_weight=0.001"`` -> ``("lightvessel", {"asd_weight": 0.001})``; a plain name has none."""
+    # a "+" starts a new KEY=JSON only before a key: "1e+3" inside a value stays whole
+    method, *items = re.split(r"\+(?=[A-Za-z_][\w#]*=)", spec)
+    if "+" in method:
+        raise ConfigKeyError(f"--methods: '{method.partition('+')[2]}' in '{spec}' is not KEY=JSON")
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigKeyError(f"--methods: '{item}' in '{spec}' is not KEY=JSON")
+        overrides[key] = parse_value(value)
+    return method, overrides
+
+
+def method_config(spec: str) -> Path:
+    """``configs/methods/<name>.json`` of a method or variant spec; an unknown name is a one-line error."""
+    name, _ = split_variant(spec)
     path = METHODS_DIR / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in METHODS_DIR.glob("*.json"))
@@ -183,14 +212,18 @@ class Comparison:
     # ------------------------------------------------------------------------------------------- one run
 
     def run(self, method: str, seed: int) -> dict[str, Any]:
-        """Train one student (or reuse a finished run with the same settings) and evaluate it."""
+        """Train one student (or reuse a finished run with the same settings) and evaluate it.
+
+        ``method`` is a name from ``configs/methods`` or a variant spec ``<name>+KEY=JSON...``.
+        """
         method_file = method_config(method)
-        run_dir = self.output_dir / "runs" / f"{method}_seed{seed}"
+        variant = split_variant(method)[1]
+        run_dir = run_folder(self.output_dir, method, seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         settings = {
             "configs": [str(p) for p in self.base_configs + [method_file]],
             "method_config": json.loads(method_file.read_text()),
-            "overrides": self.overrides,
+            "overrides": {**self.overrides, **variant},
             "seed": seed,
             "max_epochs": self.max_epochs,
             "teacher": self.teacher_checkpoint,
@@ -204,6 +237,7 @@ class Comparison:
                 return previous
         overrides = {
             **self.overrides,
+            **variant,
             "seed": seed,
             "teacher_checkpoint": self.teacher_checkpoint,
             "max_epochs": self.max_epochs,
@@ -241,6 +275,7 @@ class Comparison:
             "metrics": mean_over_cases(rows),
             "cases": rows,
             "final_losses": final_losses,
+            "term_grad_norms": _median_grad_norms(getattr(trainer, "term_grad_norms", [])),
             "teacher_checkpoint": self.teacher_checkpoint,
             **_model_facts(network, self.input_shape, self.latency_repeats),
         }
@@ -275,7 +310,7 @@ class Comparison:
             table.append(row)
         fields = list(dict.fromkeys(key for row in table for key in row))  # the teacher has no intervals
         atomic_write_text(self.output_dir / "results.csv", csv_text(table, fields, restval="-"))
-        atomic_write_text(self.output_dir / "results.md", self._markdown(table))
+        atomic_write_text(self.output_dir / "results.md", self._markdown(table) + _grad_markdown(results, methods))
         students = [row for row in table if row["model"] != "teacher"]
         dice_bar_chart(
             {row["model"]: row["dice_mean"] for row in students},
@@ -366,7 +401,7 @@ class Comparison:
             scores = {"teacher": teacher["cases"][index]["dice"]}
             for name in methods:
                 r = first_seed.get(name)
-                path = self.output_dir / "runs" / f"{name}_seed{r['seed']}" / f"prediction_{index}.npy" if r else None
+                path = run_folder(self.output_dir, name, r["seed"]) / f"prediction_{index}.npy" if r else None
                 if path is not None and path.is_file():
                     predictions[f"{name} (seed {r['seed']})"] = middle_slice(np.load(path))
                     scores[f"{name} (seed {r['seed']})"] = r["cases"][index]["dice"]
@@ -394,7 +429,7 @@ def compare(
 ) -> Path:
     """Run the comparison and write its tables and figures; returns the path of ``results.md``."""
     for name in methods:
-        method_config(name)  # fail before any training on a typo
+        method_config(name)  # fail before any training on a typo or a malformed variant
     comparison = Comparison(data_config, output_dir, budget, overrides, keep_predictions, latency_repeats, verbose)
     teacher = comparison.prepare_teacher()
     print(f"teacher: Dice {teacher['metrics']['dice']:.4f} ({comparison.teacher_checkpoint})", flush=True)
@@ -411,6 +446,53 @@ def compare(
     comparison.write_outputs(teacher, results, methods)
     print((comparison.output_dir / "results.md").read_text(), flush=True)
     return comparison.output_dir / "results.md"
+
+
+def run_folder(output_dir: Path, method: str, seed: int) -> Path:
+    """``runs/<spec>_seed<k>``: a variant's spec is kept readable, with anything unsafe in a file name as ``_``."""
+    safe = re.sub(r"[^A-Za-z0-9._=+,\-]", "_", method)
+    return output_dir / "runs" / f"{safe}_seed{seed}"
+
+
+def _median_grad_norms(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Median over the measured iterations of each term's gradient norm (``{}`` when nothing was measured)."""
+    names = [k for k in (history[0] if history else {}) if k != "iteration"]
+    return {name: float(np.median([h[name] for h in history])) for name in names}
+
+
+def _grad_markdown(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> str:
+    """A table of each term's median gradient norm on the student, as a multiple of the segmentation loss's.
+
+    Empty when no run measured them (``term_grad_interval`` 0). Per run, the median over the measured iterations;
+    per method, the mean of those medians over seeds.
+    """
+    rows = []
+    for name in methods:
+        runs = [r["term_grad_norms"] for r in results if r["method"] == name and r.get("term_grad_norms")]
+        if not runs:
+            continue
+        terms = list(runs[0])
+        mean = {t: float(np.mean([r[t] for r in runs])) for t in terms}
+        seg = mean.get("seg", 0.0)
+        cells = [f"{t}: {mean[t]:.3g}" + (f" ({mean[t] / seg:.2f}x)" if seg > 0 and t != "seg" else "") for t in terms]
+        rows.append(f"| {name} | {len(runs)} | " + ", ".join(cells) + " |")
+    if not rows:
+        return ""
+    return (
+        "\n".join(
+            [
+                "",
+                "Gradient norm of each weighted term on the student's parameters, ||d(w * term)/d(theta)||: the median "
+                "over the measured iterations of a run, averaged over seeds; in brackets, as a multiple of the "
+                "segmentation loss's.",
+                "",
+                "| model | seeds | term: gradient norm (x seg) |",
+                "|---|---|---|",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
 
 
 def _dice_table(results: Sequence[dict[str, Any]], method: str) -> dict[int, np.ndarray]:
@@ -476,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         compare(
-            _split(args.methods),
+            split_methods(args.methods),
             seeds,
             args.budget,
             args.output_dir,

@@ -14,6 +14,10 @@ from PIL import Image
 from conftest import REPO
 
 METHODS = ["none", "kd", "at", "cwd", "skd", "emkd", "dskd", "dskd_kd", "lightvessel"]
+VARIANT = "kd+kd_weight=0.5"  # a method with its own override, compared with the same none runs
+COMPARED = [*METHODS, VARIANT]
+GRAD_INTERVAL = 2  # every run records its terms' gradient norms at iterations 2 and 4
+GRAD_SET = ["--set", f"term_grad_interval={GRAD_INTERVAL}"]
 SEEDS = [0, 1]
 BUDGET = 3  # iterations; with 4 training images and batch 2 this is 2 epochs of 2 iterations
 
@@ -54,7 +58,7 @@ def run_compare(root, methods, extra=()):
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
-    proc = run_compare(root, METHODS)
+    proc = run_compare(root, COMPARED, extra=GRAD_SET)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return root, proc
 
@@ -64,14 +68,14 @@ def test_every_method_and_seed_is_trained_for_the_same_budget(comparison):
     out = root / "out"
     with open(out / "runs.csv") as f:
         runs = list(csv.DictReader(f))
-    assert sorted((r["method"], int(r["seed"])) for r in runs) == sorted((m, s) for m in METHODS for s in SEEDS)
+    assert sorted((r["method"], int(r["seed"])) for r in runs) == sorted((m, s) for m in COMPARED for s in SEEDS)
     # 4 training images, batch 2 -> 2 iterations per epoch; a budget of 3 rounds up to 2 epochs = 4 iterations
     assert {int(r["iterations"]) for r in runs} == {4}
     for r in runs:
         for metric in ("dice", "iou", "sensitivity", "specificity", "accuracy", "cldice"):
             assert 0.0 <= float(r[metric]) <= 1.0, (r["method"], metric, r[metric])
     teacher = json.loads((out / "teacher.json").read_text())
-    results = [json.loads((out / "runs" / f"{m}_seed{s}" / "result.json").read_text()) for m in METHODS for s in SEEDS]
+    results = [json.loads((out / "runs" / f"{m}_seed{s}" / "result.json").read_text()) for m in COMPARED for s in SEEDS]
     # one teacher checkpoint, shared by every run that uses a teacher
     assert Path(teacher["checkpoint"]).is_file()
     # the distillation terms of each method were logged by the trainer
@@ -90,8 +94,8 @@ def test_tables_and_figures_are_written(comparison):
     out = root / "out"
     with open(out / "results.csv") as f:
         table = {row["model"]: row for row in csv.DictReader(f)}
-    assert list(table) == ["teacher", *METHODS]
-    for name in METHODS:
+    assert list(table) == ["teacher", *COMPARED]
+    for name in COMPARED:
         runs = [json.loads((out / "runs" / f"{name}_seed{s}" / "result.json").read_text()) for s in SEEDS]
         values = [r["metrics"]["dice"] for r in runs]
         assert math.isclose(float(table[name]["dice_mean"]), np.mean(values), rel_tol=1e-9, abs_tol=1e-12)
@@ -100,7 +104,7 @@ def test_tables_and_figures_are_written(comparison):
         assert float(table[name]["gflops"]) < float(table["teacher"]["gflops"])
     # the paired difference from none: per seed and case, the method's Dice minus none's, averaged
     none_cases = {s: _case_dice(out, "none", s) for s in SEEDS}
-    for name in METHODS[1:]:
+    for name in COMPARED[1:]:
         diffs = np.stack([_case_dice(out, name, s) - none_cases[s] for s in SEEDS])
         diffs = diffs[:, np.isfinite(diffs).all(axis=0)]
         row = table[name]
@@ -112,12 +116,51 @@ def test_tables_and_figures_are_written(comparison):
     assert table["none"]["significant"] == "-" and table["teacher"]["diff_vs_none"] == "-"
     markdown = (out / "results.md").read_text()
     summary, paired = markdown.split("Dice difference from `none`")
-    assert summary.count("\n| ") == len(METHODS) + 1  # header line starts the string; one row per model after it
-    assert paired.count("\n| ") == len(METHODS)  # header + one row per method but none
+    paired, gradients = paired.split("Gradient norm of each weighted term")
+    assert summary.count("\n| ") == len(COMPARED) + 1  # header line starts the string; one row per model after it
+    assert paired.count("\n| ") == len(COMPARED)  # header + one row per method but none
+    assert gradients.count("\n| ") == len(COMPARED) + 1  # header + one row per method, none included
     assert "±" in markdown and "results.md" not in proc.stderr
     for png in [out / "dice.png", out / "overlays" / "case_0.png", out / "overlays" / "case_1.png"]:
         with Image.open(png) as image:
             assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+
+
+def test_a_variant_runs_with_its_own_override_and_gradient_norms_are_recorded(comparison):
+    root, _ = comparison
+    out = root / "out"
+    variant = json.loads((out / "runs" / f"{VARIANT}_seed0" / "result.json").read_text())
+    plain = json.loads((out / "runs" / "kd_seed0" / "result.json").read_text())
+    # the total the trainer logged is seg + 0.5 kd for the variant, seg + 1.0 kd for the plain method
+    for result, weight in ((variant, 0.5), (plain, 1.0)):
+        losses = result["final_losses"]
+        assert losses["loss"] == pytest.approx(losses["loss_seg"] + weight * losses["loss_kd"], rel=1e-5)
+    assert variant["method"] == VARIANT
+    # medians of the norms measured every GRAD_INTERVAL iterations: one entry per weighted term, seg included
+    assert set(variant["term_grad_norms"]) == {"seg", "kd"} and variant["term_grad_norms"]["kd"] > 0
+    assert set(json.loads((out / "runs" / "none_seed0" / "result.json").read_text())["term_grad_norms"]) == {"seg"}
+    lightvessel = json.loads((out / "runs" / "lightvessel_seed1" / "result.json").read_text())["term_grad_norms"]
+    assert set(lightvessel) == {"seg", "fsd", "asd"} and all(v >= 0 for v in lightvessel.values())
+
+
+def test_method_lists_and_variants_are_parsed_as_written():
+    from lightvessel_monai.compare import run_folder, split_methods, split_variant
+    from lightvessel_monai.errors import ConfigKeyError
+
+    assert split_methods('none, kd ,cwd+cwd_pairs=[1,2]+x={"a":1,"b":2},,lightvessel') == [
+        "none",
+        "kd",
+        'cwd+cwd_pairs=[1,2]+x={"a":1,"b":2}',
+        "lightvessel",
+    ]
+    assert split_variant("lightvessel") == ("lightvessel", {})
+    assert split_variant("lightvessel+asd_weight=1e+3+asd#warmup_iterations=5+tag=fast") == (
+        "lightvessel",
+        {"asd_weight": 1000.0, "asd#warmup_iterations": 5, "tag": "fast"},
+    )
+    with pytest.raises(ConfigKeyError, match="is not KEY=JSON"):
+        split_variant("kd+0.5")
+    assert run_folder(Path("o"), 'cwd+p=[1, "a"]', 2) == Path("o/runs/cwd+p=_1,__a___seed2")
 
 
 def test_the_combined_figure_reads_two_comparisons(comparison):
@@ -128,7 +171,7 @@ def test_the_combined_figure_reads_two_comparisons(comparison):
     proc = subprocess.run([*cmd, "--output", str(out / "both.png")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| XCA |") or line.startswith("| DRIVE |")]
-    assert len(rows) == 2 * len(METHODS)
+    assert len(rows) == 2 * len(COMPARED)
     with Image.open(out / "both.png") as image:
         assert image.format == "PNG" and image.size[0] > 2 * image.size[1]
     missing = subprocess.run(
@@ -144,7 +187,7 @@ def test_a_finished_comparison_is_reused_not_retrained(comparison):
     root, _ = comparison
     result = root / "out" / "runs" / "none_seed0" / "result.json"
     before = result.stat().st_mtime_ns
-    proc = run_compare(root, ["none"])
+    proc = run_compare(root, ["none"], extra=GRAD_SET)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert result.stat().st_mtime_ns == before
 

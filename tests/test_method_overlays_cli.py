@@ -22,7 +22,7 @@ def shared_root(tmp_path_factory):
 
 
 def test_every_method_overlay_is_listed():
-    assert {"none", "lightvessel", "kd", "at", "cwd", "skd", "emkd", "dskd", "dskd_kd"} <= set(METHODS)
+    assert {"none", "lightvessel", "fsd", "asd", "kd", "at", "cwd", "skd", "emkd", "dskd", "dskd_kd"} <= set(METHODS)
 
 
 @pytest.mark.integration

@@ -1,3 +1,4 @@
+import copy
 import os
 
 import pytest
@@ -7,8 +8,13 @@ from monai.losses import DiceCELoss
 
 from lightvessel_monai.engines import DistillationTrainer
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
+from lightvessel_monai.features import FeatureTaps
 from lightvessel_monai.handlers import AdversarialUpdateHandler, ResumeCheckpoint
-from lightvessel_monai.losses import AdversarialSimilarityDistillation, FeatureSimilarityDistillation
+from lightvessel_monai.losses import (
+    AdversarialSimilarityDistillation,
+    DistillationInputs,
+    FeatureSimilarityDistillation,
+)
 from lightvessel_monai.networks import SimilarityDiscriminator
 
 from conftest import tiny_unet
@@ -25,7 +31,9 @@ def batches(spatial_dims: int, n: int = 3, size: int = 32):
     return out
 
 
-def make_trainer(spatial_dims, max_epochs=1, handlers=(), teacher_checkpoint=None, student_taps=TAPS, seed=0):
+def make_trainer(
+    spatial_dims, max_epochs=1, handlers=(), teacher_checkpoint=None, student_taps=TAPS, seed=0, term_grad_interval=0
+):
     torch.manual_seed(0)  # the teacher is the same in every call, as if loaded from its checkpoint
     teacher = tiny_unet(spatial_dims, features=(8, 8, 16, 16, 32, 8))
     torch.manual_seed(seed)
@@ -50,6 +58,7 @@ def make_trainer(spatial_dims, max_epochs=1, handlers=(), teacher_checkpoint=Non
         distillers={"fsd": fsd, "asd": asd},
         distiller_weights={"fsd": 2.0, "asd": 0.5},
         train_handlers=handler_objs,
+        term_grad_interval=term_grad_interval,
     )
     return trainer, teacher, student, disc
 
@@ -154,3 +163,66 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     for a, b in zip(disc.parameters(), disc2.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     assert not os.path.exists(path), "a completed run removes its resume file"
+
+
+def _separate_backward_norms(trainer, teacher, student, batch):
+    """Reference: each weighted term of the first iteration backpropagated alone into ``.grad`` of a student copy."""
+    student = copy.deepcopy(student)
+    s_taps, t_taps = FeatureTaps(student, TAPS), FeatureTaps(teacher, TAPS)
+    pred = student(batch["image"])
+    with torch.no_grad():
+        teacher_pred = teacher(batch["image"])
+    inputs = DistillationInputs(
+        batch["image"], batch["label"], pred, teacher_pred, s_taps.features, t_taps.features, iteration=1
+    )
+    terms = {"seg": trainer.seg_loss(pred, batch["label"])}
+    terms |= {name: trainer.distiller_weights[name] * d(inputs) for name, d in trainer.distillers.items()}
+    norms = {}
+    for name, value in terms.items():
+        student.zero_grad(set_to_none=True)
+        value.backward(retain_graph=True)
+        norms[name] = float(sum(p.grad.pow(2).sum() for p in student.parameters() if p.grad is not None).sqrt())
+    return norms
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_term_gradient_norms_match_one_backward_per_term(spatial_dims):
+    trainer, teacher, student, _ = make_trainer(spatial_dims, handlers=[adversarial_handler], term_grad_interval=1)
+    teacher.eval()
+    expected = _separate_backward_norms(trainer, teacher, student, trainer.data_loader[0])
+    trainer.run()
+    first = trainer.term_grad_norms[0]
+    assert first["iteration"] == 1 and set(first) == {"iteration", "seg", "fsd", "asd"}
+    for name, value in expected.items():
+        assert value > 0, name
+        assert first[name] == pytest.approx(value, rel=1e-4), name
+    # every iteration was measured (interval 1) and the last one is also in the engine output
+    assert [h["iteration"] for h in trainer.term_grad_norms] == [1, 2, 3]
+    assert trainer.state.output["grad_fsd"] == trainer.term_grad_norms[-1]["fsd"]
+
+
+def test_measuring_term_gradients_leaves_training_unchanged():
+    runs = []
+    for interval in (0, 1):
+        trainer, _, student, disc = make_trainer(
+            2, max_epochs=2, handlers=[adversarial_handler], term_grad_interval=interval
+        )
+        trainer.run()
+        runs.append((student.state_dict(), disc.state_dict(), len(trainer.term_grad_norms)))
+    assert runs[0][2] == 0 and runs[1][2] == 6  # 2 epochs x 3 iterations measured only when asked
+    for before, after in zip(runs[0][:2], runs[1][:2], strict=True):
+        assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_term_gradients_are_zero_in_the_adversarial_warm_up():
+    trainer, *_ = make_trainer(2, term_grad_interval=1)
+    trainer.distillers["asd"].warmup_iterations = 2
+    trainer.run()
+    assert [h["asd"] for h in trainer.term_grad_norms[:2]] == [0.0, 0.0]
+    assert trainer.term_grad_norms[2]["asd"] > 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_term_grad_interval_must_be_a_whole_number(bad):
+    with pytest.raises(ConfigKeyError, match="term_grad_interval"):
+        make_trainer(2, term_grad_interval=bad)

@@ -44,6 +44,12 @@ class DistillationTrainer(SupervisedTrainer):
         teacher_taps, student_taps: ``{tap_name: module_path}`` read with forward hooks.
         distillers: ``{name: Distiller}``.
         distiller_weights: ``{name: weight}``; a missing weight is 1.
+        term_grad_interval: every this many iterations, measure how hard each term pulls on the student: the L2
+            norm of the gradient of ``w_k * term_k`` (and of the segmentation loss) with respect to the student's
+            parameters, one ``torch.autograd.grad`` per term on the retained graph. The values go to
+            ``engine.state.output["grad_<name>"]`` and to :attr:`term_grad_norms` (one dict per measured
+            iteration). ``0`` (default) measures nothing and costs nothing. The measurement reads gradients
+            without touching ``.grad``, the optimiser or any random state, so training is unchanged.
         other args: as :class:`monai.engines.SupervisedTrainer` (``decollate`` defaults to ``False`` here,
             because the loss terms are logged from the batch-level output).
     """
@@ -64,8 +70,13 @@ class DistillationTrainer(SupervisedTrainer):
         distiller_weights: Mapping[str, float] | None = None,
         decollate: bool = False,
         train_handlers: Sequence | None = None,
+        term_grad_interval: int = 0,
         **kwargs: Any,
     ) -> None:
+        if isinstance(term_grad_interval, bool) or not isinstance(term_grad_interval, int) or term_grad_interval < 0:
+            raise ConfigKeyError(f"term_grad_interval must be an int >= 0, got {term_grad_interval!r}")
+        self.term_grad_interval = term_grad_interval
+        self.term_grad_norms: list[dict[str, float]] = []
         self.seg_loss = loss_function
         self.distillers = dict(distillers or {})
         self.distiller_weights = {name: float((distiller_weights or {}).get(name, 1.0)) for name in self.distillers}
@@ -119,11 +130,17 @@ class DistillationTrainer(SupervisedTrainer):
         seg = self.seg_loss(pred, label).mean()
         total = seg
         terms = {"loss_seg": seg.detach()}
+        weighted = {"seg": seg}
         for name, distiller in self.distillers.items():
             value = distiller(inputs)
             terms[f"loss_{name}"] = value.detach()
-            total = total + self.distiller_weights[name] * value
+            weighted[name] = self.distiller_weights[name] * value
+            total = total + weighted[name]
         output.update(terms)
+        if self.term_grad_interval and self.state.iteration % self.term_grad_interval == 0:
+            norms = self._term_gradient_norms(weighted)
+            self.term_grad_norms.append({"iteration": self.state.iteration, **norms})
+            output.update({f"grad_{name}": value for name, value in norms.items()})
         self.state.distill = {
             "image": output[Keys.IMAGE].detach(),
             "label": label.detach(),
@@ -134,3 +151,16 @@ class DistillationTrainer(SupervisedTrainer):
         if self.teacher_taps is not None:
             self.teacher_taps.clear()
         return total
+
+    def _term_gradient_norms(self, weighted: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """``{term: ||d(w * term)/d(student parameters)||_2}``; 0 for a term without a graph (e.g. in warm-up)."""
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        norms = {}
+        for name, value in weighted.items():
+            if not value.requires_grad:
+                norms[name] = 0.0
+                continue
+            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+            squares = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+            norms[name] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+        return norms
