@@ -65,7 +65,7 @@ def build_trainer(spec: str, data: str | None, batches: list[dict], root: str):
         train_handlers=[HandlerGroup(handlers)],
     )
     trainer.bench_method_handlers = handlers
-    for name in ("StatsHandler", trainer.logger.name):
+    for name in ("monai.handlers.StatsHandler", trainer.logger.name):
         logging.getLogger(name).setLevel(logging.WARNING)
     return trainer
 

@@ -252,7 +252,7 @@ class Comparison:
         parser.get_parsed_content("initialize")
         trainer = parser.get_parsed_content("train#trainer")
         if not self.verbose:  # one line per run instead of one per iteration
-            for name in ("StatsHandler", trainer.logger.name):
+            for name in ("monai.handlers.StatsHandler", trainer.logger.name):
                 logging.getLogger(name).setLevel(logging.WARNING)
         trainer.run()
         train_seconds = time.perf_counter() - start

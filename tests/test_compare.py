@@ -121,6 +121,8 @@ def test_tables_and_figures_are_written(comparison):
     assert paired.count("\n| ") == len(COMPARED)  # header + one row per method but none
     assert gradients.count("\n| ") == len(COMPARED) + 1  # header + one row per method, none included
     assert "±" in markdown and "results.md" not in proc.stderr
+    # one line per run, not one per student iteration (StatsHandler's logger is silenced during the runs)
+    assert "loss_seg:" not in proc.stdout + proc.stderr
     for png in [out / "dice.png", out / "overlays" / "case_0.png", out / "overlays" / "case_1.png"]:
         with Image.open(png) as image:
             assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
