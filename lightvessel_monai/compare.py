@@ -275,7 +275,7 @@ class Comparison:
             "metrics": mean_over_cases(rows),
             "cases": rows,
             "final_losses": final_losses,
-            "term_grad_norms": _median_grad_norms(getattr(trainer, "term_grad_norms", [])),
+            "term_grad_norms": _median_grad_norms(trainer.term_grad_norms),
             "teacher_checkpoint": self.teacher_checkpoint,
             **_model_facts(network, self.input_shape, self.latency_repeats),
         }

@@ -14,7 +14,7 @@ from torch import nn
 from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.features import FeatureTaps, check_taps
 from lightvessel_monai.losses.base import DistillationInputs
-from lightvessel_monai.utils import load_state_dict_checked
+from lightvessel_monai.utils import check_positive_ints, load_state_dict_checked
 
 __all__ = ["DistillationTrainer"]
 
@@ -73,8 +73,7 @@ class DistillationTrainer(SupervisedTrainer):
         term_grad_interval: int = 0,
         **kwargs: Any,
     ) -> None:
-        if isinstance(term_grad_interval, bool) or not isinstance(term_grad_interval, int) or term_grad_interval < 0:
-            raise ConfigKeyError(f"term_grad_interval must be an int >= 0, got {term_grad_interval!r}")
+        check_positive_ints({"term_grad_interval": term_grad_interval}, minimum={"term_grad_interval": 0})
         self.term_grad_interval = term_grad_interval
         self.term_grad_norms: list[dict[str, float]] = []
         self.seg_loss = loss_function
