@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.bundle import ConfigParser
-from monai.losses import DiceFocalLoss
+from monai.losses import DiceCELoss, DiceFocalLoss
 
+from lightvessel_monai.compare import build_parser, split_variant
 from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.losses.classic import AttentionTransfer, KnowledgeDistillation
 from lightvessel_monai.losses.emkd import (
@@ -219,18 +219,25 @@ def test_rad_errors():
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_emkd_overlay_uses_dice_focal_loss(spatial_dims, tmp_path):
+def test_emkd_overlay_terms_and_losses(spatial_dims, tmp_path):
+    """The default recipe keeps the bundle's Dice + CE (a stated deviation); the paper's focal + Dice is one variant
+    away, through the same ``name+KEY=JSON`` path that ``compare`` uses."""
     files = [str(REPO / "bundle" / "configs" / "train.json")]
     files += [str(REPO / "configs" / "data" / "synthetic_3d.json")] if spatial_dims == 3 else []
-    parser = ConfigParser()
-    parser.read_config(files + [str(REPO / "configs" / "methods" / "emkd.json")])
-    parser["bundle_root"] = str(tmp_path)
+    files += [str(REPO / "configs" / "methods" / "emkd.json")]
+    parser = build_parser(files, {"bundle_root": str(tmp_path)})
     loss = parser.get_parsed_content("loss")
-    assert isinstance(loss, DiceFocalLoss) and loss.to_onehot_y and loss.dice.softmax
+    assert isinstance(loss, DiceCELoss) and not isinstance(loss, DiceFocalLoss)
     weights = parser.get_parsed_content("distiller_weights")
     assert weights == {"emkd_pmd": 0.1, "emkd_imd": 0.9, "emkd_rad": 0.9}
     distillers = parser.get_parsed_content("distillers")
     assert distillers["emkd_imd"].pairs == [("enc1", "enc1"), ("enc2", "enc2")] and distillers["emkd_imd"].p == 4.0
     assert distillers["emkd_rad"].num_classes == parser["num_classes"]
+
+    name, overrides = split_variant("emkd+loss=@emkd_paper_loss")
+    assert name == "emkd" and overrides == {"loss": "@emkd_paper_loss"}
+    paper = build_parser(files, {"bundle_root": str(tmp_path), **overrides}).get_parsed_content("loss")
+    assert isinstance(paper, DiceFocalLoss) and paper.to_onehot_y and paper.dice.softmax
     pred, label = torch.randn(1, 2, *([8] * spatial_dims)), torch.randint(0, 2, (1, 1, *([8] * spatial_dims)))
-    assert torch.isfinite(loss(pred, label))
+    assert torch.isfinite(loss(pred, label)) and torch.isfinite(paper(pred, label))
+    assert not torch.isclose(loss(pred, label), paper(pred, label))
