@@ -44,7 +44,8 @@ def good_pair(tmp_path, name="a"):
 
 def preflight_error(tmp_path, **overrides) -> LightVesselError:
     """Run the workflow's initialize step (the pre-flight checks) and return the user error it raises."""
-    overrides = {"bundle_root": str(tmp_path / "bundle"), "progress_bar": False, **overrides}
+    # the 64 x 64 test images are smaller than the default 128 x 128 patch, which pre-flight refuses on its own
+    overrides = {"bundle_root": str(tmp_path / "bundle"), "progress_bar": False, "patch_size": [64, 64], **overrides}
     workflow = ConfigWorkflow(config_file=TRAIN, workflow_type="train", **overrides)
     with pytest.raises(Exception) as info:
         workflow.initialize()
@@ -81,6 +82,26 @@ def test_label_not_in_declared_classes(tmp_path):
     entry = {"image": good_pair(tmp_path)["image"], "label": png(tmp_path / "seven.png", label)}
     err = preflight_error(tmp_path, datalist_file=datalist(tmp_path, [entry]))
     assert "seven.png" in str(err) and "7" in str(err) and "[0, 255]" in str(err)
+
+
+def test_an_rgba_png_where_one_channel_is_expected(tmp_path):
+    rgba = png(tmp_path / "rgba.png", np.full((64, 64, 4), 200))
+    entry = {"image": rgba, "label": good_pair(tmp_path)["label"]}
+    err = preflight_error(tmp_path, datalist_file=datalist(tmp_path, [entry]))
+    assert "rgba.png" in str(err) and "has 4 channels where 1 are expected" in str(err)
+
+
+def test_an_rgb_label(tmp_path):
+    label = png(tmp_path / "rgb_label.png", np.zeros((64, 64, 3)))
+    entry = {"image": good_pair(tmp_path)["image"], "label": label}
+    err = preflight_error(tmp_path, datalist_file=datalist(tmp_path, [entry]))
+    assert "rgb_label.png" in str(err) and "3 channels; a label must hold one channel" in str(err)
+
+
+def test_an_image_smaller_than_the_patch(tmp_path):
+    path = datalist(tmp_path, [good_pair(tmp_path)])
+    err = preflight_error(tmp_path, datalist_file=path, patch_size=[96, 48])
+    assert "a.png" in str(err) and "(64, 64), smaller than the training patch (96, 48) in dim 0" in str(err)
 
 
 def test_empty_datalist(tmp_path):

@@ -254,3 +254,67 @@ def test_the_pre_flight_summary_counts_entries_outside_dataset_dir(tmp_path, cap
     with caplog.at_level(logging.INFO, logger="lightvessel_monai.data.checks"):
         assert count_outside(entries, inside) == 2
     assert f"3 entries checked, 2 of them read from outside {inside.resolve()}" in caplog.text
+
+
+# ------------------------------------------------------------------------------ channels and patch size
+
+
+@pytest.mark.parametrize("mode, channels", [("L", 1), ("LA", 2), ("RGB", 3), ("RGBA", 4), ("P", 1), ("I;16", 1)])
+def test_image_channels_are_counted_from_the_file(tmp_path: Path, mode: str, channels: int) -> None:
+    entry = _pair_2d(tmp_path)
+    path = tmp_path / "imagesTr" / f"{mode.replace(';', '')}.png"
+    Image.new(mode, (32, 32)).save(path)
+    entry["image"] = str(path)
+    assert check_datalist([entry], image_channels=channels) == [entry]
+    wrong = 1 if channels != 1 else 3
+    message = _raises([entry], image_channels=wrong)
+    assert message == (
+        f"datalist entry 0: image {path} has {channels} channels where {wrong} are expected "
+        "(image_channels, which defaults to in_channels)"
+    )
+
+
+def test_a_multi_file_image_sums_its_channels(tmp_path: Path) -> None:
+    entry = _pair_2d(tmp_path)  # an RGB image
+    grey = _png(tmp_path / "imagesTr" / "grey.png", np.zeros((32, 32), np.uint8))
+    entry["image"] = [entry["image"], grey]
+    assert check_datalist([entry], image_channels=4) == [entry]
+    assert "has 4 channels (3 + 1 over its files) where 2 are expected" in _raises([entry], image_channels=2)
+
+
+def test_a_label_must_hold_one_channel(tmp_path: Path) -> None:
+    entry = _pair_2d(tmp_path)
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    entry["label"] = _png(tmp_path / "labelsTr" / "rgba.png", rgba)
+    for values in ([0, 1], None):  # with and without the value check (two different readers)
+        message = _raises([entry], label_values=values)
+        assert (
+            message
+            == f"datalist entry 0: label {entry['label']} has 4 channels; a label must hold one channel of classes"
+        )
+
+
+def test_nifti_channels_are_not_judged(tmp_path: Path) -> None:
+    # a (X, Y, 8) NIfTI may be 8 slices or 8 channels (LVSD300's 2.5D input): the file does not say which
+    entry = _pair_3d(tmp_path)
+    assert check_datalist([entry], image_channels=7) == [entry]
+
+
+def test_an_image_smaller_than_the_patch_2d(tmp_path: Path) -> None:
+    entry = _pair_2d(tmp_path, shape=(32, 48))
+    assert check_datalist([entry], min_shape=[32, 48]) == [entry]
+    message = _raises([entry], min_shape=[32, 64])
+    assert message == (
+        f"datalist entry 0: image {entry['image']} has spatial shape (32, 48), smaller than the training patch "
+        "(32, 64) in dim 1: lower patch_size or use larger images"
+    )
+
+
+def test_an_image_smaller_than_the_patch_3d(tmp_path: Path) -> None:
+    entry = _pair_3d(tmp_path)  # (16, 16, 8)
+    assert check_datalist([entry], min_shape=[16, 16, 8]) == [entry]
+    assert "(16, 16, 8), smaller than the training patch (16, 16, 16) in dim 2" in _raises(
+        [entry], min_shape=[16, 16, 16]
+    )
+    # a 2D patch over a (X, Y, channels) NIfTI compares the leading dims only
+    assert check_datalist([entry], min_shape=[16, 16]) == [entry]

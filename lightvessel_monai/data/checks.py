@@ -118,6 +118,7 @@ class _Info:
     shape: tuple[int, ...] | None = None  # spatial shape, compared across an entry
     full_shape: tuple[int, ...] | None = None  # every dimension, for the ``spatial_dims`` check
     affine: np.ndarray | None = None  # voxel-to-world matrix (NIfTI), compared across an entry
+    channels: int | None = None  # colour channels of a 2D image file (PIL bands: L 1, LA 2, RGB 3, RGBA 4)
 
 
 def _one_line(err: BaseException, limit: int = 200) -> str:
@@ -367,14 +368,14 @@ def _spatial_shape(path: str) -> _Info:
 
         try:
             with Image.open(path) as im:
-                shape = (im.height, im.width)
+                shape, channels = (im.height, im.width), len(im.getbands())
                 if im.format == "PNG":
                     im.verify()  # reads every chunk and checks its CRC: truncation fails here, without decoding
                 else:
                     im.load()  # decodes the pixels: a truncated or corrupt file fails here
                     if im.mode.startswith("F"):  # float TIFFs are the only 2D images that can hold NaN
                         _check_finite(np.asarray(im))
-                return _Info(shape, shape)
+                return _Info(shape, shape, channels=channels)
         except Exception as err:
             raise _Unreadable(f"cannot be read as an image ({_one_line(err)})") from None
     if kind == "nifti":
@@ -421,7 +422,7 @@ def _read_label(path: str) -> tuple[_Info, np.ndarray | None]:
             with Image.open(path) as im:
                 array = np.asarray(im)  # palette images give their indices, like MONAI's PILReader
                 shape = (im.height, im.width)
-                return _Info(shape, shape), array
+                return _Info(shape, shape, channels=len(im.getbands())), array
         except Exception as err:
             raise _Unreadable(f"cannot be read as an image ({_one_line(err)})") from None
     if kind == "nifti":
@@ -508,6 +509,8 @@ def check_datalist(
     spatial_dims: int | None = None,
     affine_tol: float | None = 1e-3,
     optional_keys: Sequence[str] = ("fov",),
+    image_channels: int | None = None,
+    min_shape: Sequence[int] | None = None,
 ) -> list[dict]:
     """Check that every entry's files exist, can be read, agree in spatial shape and hold declared labels.
 
@@ -530,6 +533,11 @@ def check_datalist(
             files (NIfTI), e.g. a label and its image; ``None`` skips the check.
         optional_keys: keys checked like ``keys`` (exist, readable, same spatial shape) in the entries that have
             them, e.g. ``"fov"``, a field-of-view mask (DRIVE); other extra keys are ignored.
+        image_channels: the colour channels the ``keys[0]`` files of an entry must hold together, where the format
+            tells (2D images: L 1, LA 2, RGB 3, RGBA 4), e.g. ``1`` rejects an RGBA PNG fed to a one-channel network;
+            label files must always hold one channel. ``None`` skips the image check.
+        min_shape: the smallest spatial size of the ``keys[0]`` files, compared on the leading ``len(min_shape)``
+            dims, e.g. the training ``patch_size`` when no transform pads the image up to it. ``None`` skips it.
 
     Returns:
         ``datalist`` itself, unchanged.
@@ -591,6 +599,17 @@ def check_datalist(
                 except OSError as err:  # e.g. permission denied, a folder where a file was expected
                     raise DataError(f"{what} cannot be read ({_one_line(err)})") from None
                 info = infos[path]
+                if key == label_key and info.channels not in (None, 1):
+                    raise DataError(f"{what} has {info.channels} channels; a label must hold one channel of classes")
+                if key == keys[0] and min_shape is not None and info.shape is not None:
+                    # leading dims only: a 2D patch over an (X, Y, C) NIfTI (LVSD300's 2.5D slabs) skips C
+                    pairs = zip(info.shape, min_shape, strict=False)
+                    small = [d for d, (have, need) in enumerate(pairs) if have < need]
+                    if small:
+                        raise DataError(
+                            f"{what} has spatial shape {_fmt_shape(info.shape)}, smaller than the training patch "
+                            f"{_fmt_shape(tuple(min_shape))} in dim {small[0]}: lower patch_size or use larger images"
+                        )
                 if spatial_dims is not None and info.full_shape is not None:
                     dims = _strip_singletons(info.full_shape, spatial_dims)
                     if len(dims) != spatial_dims:
@@ -614,6 +633,14 @@ def check_datalist(
                     problem = _affine_difference(info.affine, ref_info.affine, affine_tol)
                     if problem:
                         raise DataError(f"{what} has a different affine than {ref_key} {ref_path}: {problem}")
+            if key == keys[0] and image_channels is not None:
+                counts = [infos[os.fspath(p)].channels for p in paths]
+                if None not in counts and sum(counts) != image_channels:
+                    split = f" ({' + '.join(map(str, counts))} over its files)" if len(counts) > 1 else ""
+                    raise DataError(
+                        f"{where}: {key} {os.fspath(paths[0])} has {sum(counts)} channels{split} where "
+                        f"{image_channels} are expected (image_channels, which defaults to in_channels)"
+                    )
     return datalist
 
 
