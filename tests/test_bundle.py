@@ -229,3 +229,26 @@ def test_other_data_under_the_same_file_names_trains_a_new_teacher(tmp_path):
     assert "trained on other data under the same file names: retraining it" in log
     assert "reusing the cached teacher" not in log
     assert json.loads(entry.read_text())["data_sha256"] != recorded["data_sha256"]
+
+
+def _files_under(folder):
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def test_prediction_names_cannot_escape_the_output_folder(tmp_path):
+    """An input reached through ``..`` segments still writes its mask under ``output_dir/predictions``, named by the
+    input's base name, and nothing anywhere else."""
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(inputs / "img.png")
+    root = tmp_path / "bundle"
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    (root / "models").mkdir(parents=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+    before = _files_under(tmp_path)
+    escaping_glob = str(inputs / "sub" / ".." / ".." / "in" / "*.png")  # globs to .../in/sub/../../in/img.png
+    run_bundle("run", ["inference.json"], root, {"input_glob": escaping_glob}, tiny=False)
+    written = _files_under(tmp_path) - before
+    assert written == {root / "eval" / "predictions" / "img_seg.png"}
+    assert np.asarray(Image.open(root / "eval" / "predictions" / "img_seg.png")).shape == (64, 64)
