@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 from monai.data.utils import set_rnd
 from monai.utils import set_determinism
 from torch import nn
@@ -196,10 +197,22 @@ class TeacherStage:
                 load_state_dict_checked(self.teacher, self.checkpoint, what="teacher")
             logger.info(f"using the teacher checkpoint {self.checkpoint}")
             return self.checkpoint
-        cached = os.path.isfile(self.checkpoint)
-        if cached and not force and self._same_data():
+        if not force and self._usable_cache():
             logger.info(f"reusing the cached teacher {self.checkpoint}")
             return self.checkpoint
+        os.makedirs(os.path.dirname(self.checkpoint) or ".", exist_ok=True)
+        # One writer per cache entry: a second run (another comparison, another terminal) waits here, then reuses
+        # what the first cached, instead of training into the same stage files at the same time.
+        with FileLock(self.lock_path):
+            if not force and self._usable_cache():
+                logger.info(f"reusing the teacher {self.checkpoint} that another run cached while this one waited")
+                return self.checkpoint
+            return self._train_and_cache(force, cached=os.path.isfile(self.checkpoint))
+
+    def _usable_cache(self) -> bool:
+        return os.path.isfile(self.checkpoint) and self._same_data()
+
+    def _train_and_cache(self, force: bool, cached: bool) -> str:
         if force:
             logger.info(f"retraining the teacher for {self.checkpoint} (forced)")
         elif not cached:
@@ -213,7 +226,6 @@ class TeacherStage:
             )
         # a diverged teacher is never cached as if it were valid
         read_state_dict(self.best_checkpoint, "teacher")
-        os.makedirs(os.path.dirname(self.checkpoint) or ".", exist_ok=True)
         # copy then rename, so a killed run never leaves a half-written cache entry
         tmp = self.checkpoint + ".tmp"
         shutil.copyfile(self.best_checkpoint, tmp)
@@ -223,6 +235,10 @@ class TeacherStage:
         self._write_info({**self.info, "best_val_dice": metric, **(digests if self.datalist is not None else {})})
         logger.info(f"cached the teacher at {self.checkpoint} (best validation Dice {metric})")
         return self.checkpoint
+
+    @property
+    def lock_path(self) -> str:
+        return os.path.splitext(self.checkpoint)[0] + ".lock"
 
     @property
     def info_path(self) -> str:
