@@ -247,7 +247,7 @@ def test_a_resume_state_with_pickled_code_is_refused_and_nothing_runs(tmp_path):
     "key, value",
     [("max_epochs", -1), ("max_epochs", "abc"), ("max_epochs", 2.5), ("val_interval", 0), ("patch_size", [64, 0])]
     + [("batch_size", True), ("num_workers", -1), ("learning_rate", 0.0), ("teacher_learning_rate", "fast")]
-    + [("term_grad_interval", -1), ("term_grad_interval", 1.5)],
+    + [("term_grad_interval", -1), ("term_grad_interval", 1.5), ("resume_every_n_iterations", -3)],
 )
 def test_numbers_of_the_wrong_type_or_sign_fail_pre_flight(tmp_path, key, value):
     err = preflight_error(tmp_path, datalist_file=datalist(tmp_path, [good_pair(tmp_path)]), **{key: value})
