@@ -29,9 +29,8 @@ logger = logging.getLogger(__name__)
 class ResumeCheckpoint:
     """Save everything needed to resume; load it when the run starts again, so that it ends as if never killed.
 
-    The state is saved before the first batch of every epoch (after the previous epoch's validation) and, with
-    ``every_n_iterations``, before every n-th batch inside an epoch; also at the end of every epoch, so that a kill
-    during validation loses nothing. Besides ``save_dict`` and the engine's epoch and iteration it holds the global
+    The state is saved once per epoch, before its first batch (after the previous epoch's validation, whose RNG
+    draws it then includes), and, with ``every_n_iterations``, before every n-th batch inside an epoch. Besides ``save_dict`` and the engine's epoch and iteration it holds the global
     RNG states (torch, numpy, Python), the random state of every random transform of the training dataset, and,
     inside an epoch, that epoch's data order and position (the DataLoader's sampler must be a
     :class:`~lightvessel_monai.data.samplers.ResumableSampler`). A run resumed from it continues with the same
@@ -84,7 +83,6 @@ class ResumeCheckpoint:
         # restoring comes first: a mid-epoch resume restores the RNGs after the DataLoader iterator is created
         engine.add_event_handler(Events.GET_BATCH_STARTED, self._restore_pending_rng)
         engine.add_event_handler(Events.GET_BATCH_STARTED, self._save_before_batch)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         engine.add_event_handler(Events.COMPLETED, self.remove)
 
     # ------------------------------------------------------------------------------------------------ saving
