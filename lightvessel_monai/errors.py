@@ -23,7 +23,15 @@ __all__ = [
 
 
 class LightVesselError(Exception):
-    """Base class of the errors that a user can fix; the message names the file or key at fault."""
+    """Base class of the errors that a user can fix; the message names the file or key at fault.
+
+    The message is always one line: a line break inside it (a key or file name that holds one, a reader's
+    multi-line complaint) is shown escaped, as ``\\n``.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        text = str(message).replace("\r", "\\r").replace("\n", "\\n")
+        super().__init__(text, *args)
 
 
 class DataError(LightVesselError, ValueError):

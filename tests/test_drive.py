@@ -96,14 +96,18 @@ def test_check_datalist_checks_the_fov_key(tmp_path):
         return str(path)
 
     good = {"image": png("i.png", (8, 9)), "label": png("l.gif", (8, 9)), "fov": png("f.gif", (8, 9))}
-    assert check_datalist([good], label_values=[0, 255]) == [good]
+    pil = {"reader": "PILReader"}  # DRIVE's masks are GIFs, which ITK (MONAI's choice for .gif) cannot read
+    assert check_datalist([good], label_values=[0, 255], **pil) == [good]
     bad = {**good, "fov": png("f2.gif", (8, 10))}
     with pytest.raises(DataError, match=r"entry 0: fov .*f2.gif has spatial shape \(8, 10\)"):
-        check_datalist([bad], label_values=[0, 255])
+        check_datalist([bad], label_values=[0, 255], **pil)
     with pytest.raises(DataError, match="fov .* does not exist"):
-        check_datalist([{**good, "fov": str(tmp_path / "none.gif")}])
+        check_datalist([{**good, "fov": str(tmp_path / "none.gif")}], **pil)
     # entries without the optional key, and other extra keys, are as before
-    assert check_datalist([{"image": good["image"], "label": good["label"], "note": "x"}])
+    assert check_datalist([{"image": good["image"], "label": good["label"], "note": "x"}], **pil)
+    # left to choose, MONAI reads .gif with ITK, which cannot: pre-flight says so instead of the first epoch
+    with pytest.raises(DataError, match=r"l.gif cannot be read by ITK, .* set image_reader to PILReader"):
+        check_datalist([good], label_values=[0, 255])
 
 
 # -------------------------------------------------------------------------------------------------- transforms

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _DICOM_SUFFIXES = (".dcm", ".dicom")
+# 2D suffixes that MONAI's LoadImage, left to choose its reader, reads with ITK (its PILReader claims only
+# .png, .jpg, .jpeg and .bmp): pre-flight reads these with ITK too, so that it accepts what the pipeline can read
+_ITK_2D_SUFFIXES = (".tif", ".tiff", ".gif")
 _MAX_LISTED = 5  # unexpected label values listed in a message
 _GZIP_CHUNK = 1 << 24
 _PIXEL_DATA = 0x7FE00010
@@ -215,7 +218,12 @@ def _load_nifti(path: str) -> Any:
     import nibabel as nib
 
     try:
-        return nib.load(path)
+        img = nib.load(path)
+        # MONAI's NibabelReader reads both orientations: an invalid quaternion fails there, even when the sform is
+        # used (found by tests/test_fuzz.py)
+        img.get_qform()
+        img.get_sform()
+        return img
     except Exception as err:  # nibabel raises ImageFileError, EOFError, OSError, ValueError...
         raise _Unreadable(f"cannot be read as NIfTI ({_one_line(err)})") from None
 
@@ -255,13 +263,24 @@ def _read_dicom(path: str) -> None:
             continue
         except Exception as err:  # DICOM, but truncated or corrupt
             raise _Unreadable(f"cannot be read as DICOM ({name}: {_one_line(err)})") from None
-        if name.upper() == "DICOMDIR" or str(ds.get("SOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
-            continue
-        _check_dicom_complete(name, ds, os.path.getsize(file))
+        try:
+            if name.upper() == "DICOMDIR" or str(ds.get("SOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
+                continue
+            _check_dicom_complete(name, ds, os.path.getsize(file))
+        except _Unreadable:
+            raise
+        except Exception as err:  # pydicom parses elements lazily: a corrupt one fails when first read
+            raise _Unreadable(f"cannot be read as DICOM ({name}: {_one_line(err)})") from None
         headers.append((name, ds))
     if not headers:
         raise _Unreadable(f"cannot be read as DICOM ({first_error or 'it holds only a DICOMDIR'})")
-    _check_dicom_series(headers)
+    try:
+        _check_dicom_series(headers)
+    except _Unreadable:
+        raise
+    except Exception as err:
+        # pydicom parses values lazily: a corrupt value (ImagePositionPatient, a VR, ...) fails only here
+        raise _Unreadable(f"holds a DICOM header value that cannot be read ({_one_line(err)})") from None
 
 
 def _check_dicom_complete(name: str, ds: Any, size: int) -> None:
@@ -399,6 +418,20 @@ def _spatial_shape(path: str) -> _Info:
     return _Info()
 
 
+def _read_with_itk(path: str) -> None:
+    from monai.data import ITKReader
+
+    reader = ITKReader()
+    try:
+        reader.get_data(reader.read(path))  # the pixels and the metadata, as LoadImage reads them
+    except Exception as err:
+        suffix = os.path.splitext(path)[1].lower()
+        raise _Unreadable(
+            f"cannot be read by ITK, the reader MONAI's LoadImage picks for {suffix} files ({_one_line(err)}); "
+            "set image_reader to PILReader to read it with PIL"
+        ) from None
+
+
 def _check_finite(array: np.ndarray) -> None:
     """Raise :class:`_Unreadable` when a float array holds NaN or infinite values (counted in the message)."""
     if np.issubdtype(array.dtype, np.floating):
@@ -511,6 +544,7 @@ def check_datalist(
     optional_keys: Sequence[str] = ("fov",),
     image_channels: int | None = None,
     min_shape: Sequence[int] | None = None,
+    reader: str | None = None,
 ) -> list[dict]:
     """Check that every entry's files exist, can be read, agree in spatial shape and hold declared labels.
 
@@ -538,6 +572,8 @@ def check_datalist(
             label files must always hold one channel. ``None`` skips the image check.
         min_shape: the smallest spatial size of the ``keys[0]`` files, compared on the leading ``len(min_shape)``
             dims, e.g. the training ``patch_size`` when no transform pads the image up to it. ``None`` skips it.
+        reader: the ``reader`` of the pipeline's ``LoadImaged`` (``"PILReader"``, ...), or ``None`` when MONAI picks
+            one by suffix; then TIFF and GIF files, which it reads with ITK, are also read with ITK here.
 
     Returns:
         ``datalist`` itself, unchanged.
@@ -556,6 +592,7 @@ def check_datalist(
     # Files shared by entries (one image with several labels) are read once.
     infos: dict[str, _Info] = {}
     label_checked: set[str] = set()
+    itk_checked: set[str] = set()
 
     for index, entry in enumerate(datalist):
         where = f"{source} entry {index}"
@@ -594,6 +631,9 @@ def check_datalist(
                             label_checked.add(path)
                     elif path not in infos:
                         infos[path] = _spatial_shape(path)
+                    if reader is None and path.lower().endswith(_ITK_2D_SUFFIXES) and path not in itk_checked:
+                        _read_with_itk(path)
+                        itk_checked.add(path)
                 except _Unreadable as err:
                     raise DataError(f"{what} {err}") from None
                 except OSError as err:  # e.g. permission denied, a folder where a file was expected

@@ -30,13 +30,13 @@ class ResumeCheckpoint:
     """Save everything needed to resume; load it when the run starts again, so that it ends as if never killed.
 
     The state is saved once per epoch, before its first batch (after the previous epoch's validation, whose RNG
-    draws it then includes), and, with ``every_n_iterations``, before every n-th batch inside an epoch. Besides ``save_dict`` and the engine's epoch and iteration it holds the global
-    RNG states (torch, numpy, Python), the random state of every random transform of the training dataset, and,
-    inside an epoch, that epoch's data order and position (the DataLoader's sampler must be a
-    :class:`~lightvessel_monai.data.samplers.ResumableSampler`). A run resumed from it continues with the same
-    batches, the same augmentations and the same RNG draws: on the CPU its final weights equal those of an
-    uninterrupted run. The augmentations are the same only when they run in the main process (``num_workers`` 0);
-    with workers, the data order and position are still exact.
+    draws it then includes), and, with ``every_n_iterations``, before every n-th batch inside an epoch. Besides
+    ``save_dict`` and the engine's epoch and iteration it holds the global RNG states (torch, numpy, Python), the
+    random state of every random transform of the training dataset, and, inside an epoch, that epoch's data order
+    and position (the DataLoader's sampler must be a :class:`~lightvessel_monai.data.samplers.ResumableSampler`).
+    A run resumed from it continues with the same batches, the same augmentations and the same RNG draws: on the
+    CPU its final weights equal those of an uninterrupted run. The augmentations are the same only when they run in
+    the main process (``num_workers`` 0); with workers, the data order and position are still exact.
 
     The file is written by ignite's :class:`~ignite.handlers.DiskSaver` with ``atomic=True`` (a temporary
     file renamed over the old one), so a kill never leaves a truncated checkpoint. It is loaded with
