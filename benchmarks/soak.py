@@ -5,8 +5,7 @@ The teacher is trained (or reused) first in the same bundle folder; then the dis
 iteration over the interval (from MONAI's per-iteration ``StatsHandler`` lines), its resident memory (RSS), its open
 file descriptors and the size of the output folder. After ``--minutes`` the run is stopped (SIGTERM) and the script
 prints a table, the RSS growth after the first epoch (median of the first against the last quarter of the samples)
-and the file-descriptor growth,
-and writes ``soak.csv`` and ``soak.png`` under ``--output_dir``.
+and the file-descriptor growth, and writes ``soak.csv`` and ``soak.png`` under ``--output_dir``.
 
     python benchmarks/soak.py --minutes 30 --output_dir runs/soak
 """
