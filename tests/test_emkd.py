@@ -11,7 +11,7 @@ from monai.losses import DiceCELoss, DiceFocalLoss
 
 from lightvessel_monai.compare import build_parser, split_variant
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.losses.classic import AttentionTransfer, KnowledgeDistillation
+from lightvessel_monai.losses import AttentionTransfer, KnowledgeDistillation
 from lightvessel_monai.losses.emkd import (
     ImportanceMapDistillation,
     PredictionMapDistillation,

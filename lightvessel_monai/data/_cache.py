@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,17 @@ import numpy as np
 from lightvessel_monai.errors import DataError
 from lightvessel_monai.utils import atomic_write_text
 
-__all__ = ["MARKER", "cache_valid", "claim_folder", "derived_seed", "prepare_dataset_dirs", "write_json_atomic"]
+__all__ = [
+    "MARKER",
+    "cache_valid",
+    "claim_folder",
+    "derived_seed",
+    "prepare_dataset_dirs",
+    "write_json_atomic",
+    "write_synthetic_dataset",
+]
+
+logger = logging.getLogger(__name__)
 
 #: Written into every folder a generator fills; a folder without it is never written into unless it is empty.
 MARKER = ".lightvessel_synthetic"
@@ -119,3 +132,49 @@ def prepare_dataset_dirs(root: Path, names: list[str], file_re: re.Pattern, data
             if file_re.match(stale.name) and stale.name not in keep:
                 stale.unlink()
     return img_dir, lbl_dir
+
+
+def write_synthetic_dataset(
+    output_dir: str | os.PathLike,
+    generator: dict,
+    names: list[str],
+    file_re: re.Pattern,
+    info: dict,
+    write_pair: Callable[[int, Path, Path], None],
+    what: str,
+    log: logging.Logger = logger,
+) -> str:
+    """Fill ``output_dir`` with generated image/label pairs and their MSD-style ``dataset.json``, or reuse them.
+
+    ``generator`` (with ``num_train`` and ``num_val``) keys the cache: when ``dataset.json`` holds the same one and
+    every file exists, nothing is written. Otherwise ``write_pair(i, image_path, label_path)`` writes pair ``i`` under
+    ``imagesTr/`` and ``labelsTr/`` with file name ``names[i]``; the first ``num_train`` pairs form ``"training"``,
+    the rest ``"validation"``. ``info`` (name, description, modality, labels, ...) heads the datalist, which is written
+    last and atomically, so an interrupted run is never mistaken for a complete cache. ``what`` names the data in the
+    messages, logged to ``log`` (the generator's own logger).
+
+    Returns:
+        path of ``dataset.json`` in ``output_dir``.
+    """
+    root = Path(output_dir)
+    datalist_path = root / "dataset.json"
+    if cache_valid(datalist_path, generator):
+        log.info("reusing %s in %s", what, root)
+        return str(datalist_path)
+    img_dir, lbl_dir = prepare_dataset_dirs(root, names, file_re, info["name"])
+    log.info("generating %d %s in %s", len(names), what, root)
+    entries = []
+    for i, name in enumerate(names):
+        write_pair(i, img_dir / name, lbl_dir / name)
+        entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
+    num_train = generator["num_train"]
+    datalist = {
+        **info,
+        "numTraining": num_train,
+        "numValidation": generator["num_val"],
+        "generator": generator,
+        "training": entries[:num_train],
+        "validation": entries[num_train:],
+    }
+    write_json_atomic(datalist_path, datalist)
+    return str(datalist_path)

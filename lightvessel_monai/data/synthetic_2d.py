@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from lightvessel_monai.data._cache import cache_valid as _cache_valid
-from lightvessel_monai.data._cache import derived_seed as _derived_seed
-from lightvessel_monai.data._cache import prepare_dataset_dirs, write_json_atomic
+from lightvessel_monai.data._cache import derived_seed, write_synthetic_dataset
+from lightvessel_monai.data._vessel_tree import murray_children
 
 __all__ = ["generate_angiogram", "make_synthetic_angiograms", "save_overlay_png"]
 
@@ -78,16 +77,6 @@ def _centerline(
     steps = np.stack([np.cos(theta), np.sin(theta)], axis=1) * _DS
     xy = start[None, :] + np.cumsum(steps, axis=0)
     return xy, theta
-
-
-def _murray_children(r_parent: float, alpha: float) -> tuple[float, float, float, float]:
-    """Child radii with r_p^3 = r_1^3 + r_2^3 and the minimum-work branching angles for that split."""
-    r1 = r_parent / (1.0 + alpha**3) ** (1.0 / 3.0)
-    r2 = alpha * r1
-    p4, a4, b4 = r_parent**4, r1**4, r2**4
-    cos1 = (p4 + a4 - b4) / (2.0 * r_parent**2 * r1**2)
-    cos2 = (p4 + b4 - a4) / (2.0 * r_parent**2 * r2**2)
-    return r1, r2, float(np.arccos(np.clip(cos1, -1.0, 1.0))), float(np.arccos(np.clip(cos2, -1.0, 1.0)))
 
 
 def _grow_tree(
@@ -145,7 +134,7 @@ def _grow_tree(
         if terminal or exited:
             continue
         alpha = rng.uniform(0.75, 1.0) if gen == 0 else rng.uniform(0.35, 0.95)
-        r1, r2, a1, a2 = _murray_children(r_end_ref, alpha)
+        r1, r2, a1, a2 = murray_children(r_end_ref, alpha)
         side = rng.choice([-1.0, 1.0])
         jitter = np.deg2rad(rng.normal(0.0, 6.0, size=2))
         if gen == 0:  # left main splits wide (LAD / circumflex)
@@ -467,8 +456,6 @@ def make_synthetic_angiograms(
 
     if num_train < 0 or num_val < 0:
         raise ValueError("num_train and num_val must be >= 0")
-    root = Path(output_dir)
-    datalist_path = root / "dataset.json"
     generator = {
         "seed": int(seed),
         "size": int(size),
@@ -476,37 +463,23 @@ def make_synthetic_angiograms(
         "num_val": int(num_val),
         "version": GENERATOR_VERSION,
     }
-    if _cache_valid(datalist_path, generator):
-        logger.info("reusing synthetic angiograms in %s", root)
-        return str(datalist_path)
-
-    total = num_train + num_val
-    names = [f"angio_{i:04d}.png" for i in range(total)]
-    img_dir, lbl_dir = prepare_dataset_dirs(root, names, _FILE_RE, DATASET_NAME)
-
-    logger.info("generating %d synthetic angiograms (%dx%d, seed %d) in %s", total, size, size, seed, root)
-    entries = []
-    for i, name in enumerate(names):
-        image, mask = generate_angiogram(_derived_seed(seed, i), size=size)
-        Image.fromarray(image).save(img_dir / name)
-        Image.fromarray(mask).save(lbl_dir / name)
-        entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
-
-    datalist = {
+    info = {
         "name": DATASET_NAME,
         "description": "Procedurally generated 2D X-ray coronary angiograms with binary vessel masks "
         "(lightvessel_monai.data.synthetic_2d).",
         "modality": {"0": "XA"},
         "labels": {"0": "background", "1": "vessel"},
         "label_values": {"background": 0, "vessel": 255},
-        "numTraining": num_train,
-        "numValidation": num_val,
-        "generator": generator,
-        "training": entries[:num_train],
-        "validation": entries[num_train:],
     }
-    write_json_atomic(datalist_path, datalist)
-    return str(datalist_path)
+
+    def write_pair(i: int, image_path: Path, label_path: Path) -> None:
+        image, mask = generate_angiogram(derived_seed(seed, i), size=size)
+        Image.fromarray(image).save(image_path)
+        Image.fromarray(mask).save(label_path)
+
+    names = [f"angio_{i:04d}.png" for i in range(num_train + num_val)]
+    what = f"synthetic angiograms ({size}x{size}, seed {seed})"
+    return write_synthetic_dataset(output_dir, generator, names, _FILE_RE, info, write_pair, what, logger)
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from lightvessel_monai.data._cache import cache_valid, derived_seed, prepare_dataset_dirs, write_json_atomic
-from lightvessel_monai.data.synthetic_2d import _murray_children
+from lightvessel_monai.data._cache import derived_seed, write_synthetic_dataset
+from lightvessel_monai.data._vessel_tree import murray_children
 
 __all__ = ["ct_affine", "generate_ct_volume", "make_synthetic_ct"]
 
@@ -232,7 +232,7 @@ def _grow_tree(rng: np.random.Generator, liver: _Liver, scale: float, r_min: flo
         if terminal:
             continue
         alpha = rng.uniform(0.6, 1.0)
-        r1, r2, a1, a2 = _murray_children(r_end, alpha)
+        r1, r2, a1, a2 = murray_children(r_end, alpha)
         d_end = _unit(pts[-1] - pts[-3])
         e = _unit(np.cross(d_end, rng.standard_normal(3)))  # random branching plane around the parent axis
         for rc, ang, sgn in ((r1, a1, 1.0), (r2, a2, -1.0)):
@@ -458,8 +458,6 @@ def make_synthetic_ct(
     spacing = tuple(float(s) for s in spacing)
     if len(shape) != 3 or len(spacing) != 3:
         raise ValueError(f"shape and spacing need 3 entries, got {shape} and {spacing}")
-    root = Path(output_dir)
-    datalist_path = root / "dataset.json"
     generator = {
         "seed": int(seed),
         "shape": list(shape),
@@ -468,25 +466,8 @@ def make_synthetic_ct(
         "num_val": int(num_val),
         "version": GENERATOR_VERSION,
     }
-    if cache_valid(datalist_path, generator):
-        logger.info("reusing synthetic CT volumes in %s", root)
-        return str(datalist_path)
-
-    total = num_train + num_val
-    names = [f"ct_{i:04d}.nii.gz" for i in range(total)]
-    img_dir, lbl_dir = prepare_dataset_dirs(root, names, _FILE_RE, DATASET_NAME)
-
-    logger.info("generating %d synthetic CT volumes (%s, spacing %s, seed %d) in %s", total, shape, spacing, seed, root)
     affine = ct_affine(shape, spacing)
-    entries = []
-    for i, name in enumerate(names):
-        image, mask = generate_ct_volume(derived_seed(seed, i), shape=shape, spacing=spacing)
-        hu = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
-        nib.save(_nifti(hu, affine), img_dir / name)
-        nib.save(_nifti(mask, affine), lbl_dir / name)
-        entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
-
-    datalist = {
+    info = {
         "name": DATASET_NAME,
         "description": "Procedurally generated contrast-enhanced abdominal CT volumes (HU) with binary liver vessel "
         "masks (lightvessel_monai.data.synthetic_3d).",
@@ -494,14 +475,17 @@ def make_synthetic_ct(
         "modality": {"0": "CT"},
         "labels": {"0": "background", "1": "vessel"},
         "orientation": "".join(nib.aff2axcodes(affine)),
-        "numTraining": num_train,
-        "numValidation": num_val,
-        "generator": generator,
-        "training": entries[:num_train],
-        "validation": entries[num_train:],
     }
-    write_json_atomic(datalist_path, datalist)
-    return str(datalist_path)
+
+    def write_pair(i: int, image_path: Path, label_path: Path) -> None:
+        image, mask = generate_ct_volume(derived_seed(seed, i), shape=shape, spacing=spacing)
+        hu = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
+        nib.save(_nifti(hu, affine), image_path)
+        nib.save(_nifti(mask, affine), label_path)
+
+    names = [f"ct_{i:04d}.nii.gz" for i in range(num_train + num_val)]
+    what = f"synthetic CT volumes ({shape}, spacing {spacing}, seed {seed})"
+    return write_synthetic_dataset(output_dir, generator, names, _FILE_RE, info, write_pair, what, logger)
 
 
 def main(argv: list[str] | None = None) -> str:

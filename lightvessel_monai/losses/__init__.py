@@ -2,16 +2,9 @@
 
 from lightvessel_monai.losses.adversarial import discriminator_loss, generator_loss, gradient_penalty
 from lightvessel_monai.losses.asd import AdversarialSimilarityDistillation, correlation_map
+from lightvessel_monai.losses.at import AttentionTransfer, attention_transfer_loss
 from lightvessel_monai.losses.base import DistillationInputs, Distiller, student_parameters
-from lightvessel_monai.losses.classic import (
-    AttentionTransfer,
-    ChannelWiseDistillation,
-    HolisticDistillation,
-    KnowledgeDistillation,
-    PairwiseDistillation,
-    attention_transfer_loss,
-    channel_wise_divergence,
-)
+from lightvessel_monai.losses.cwd import ChannelWiseDistillation, channel_wise_divergence
 from lightvessel_monai.losses.dskd import (
     DeepDistributionLoss,
     PixelwiseSelfDistillation,
@@ -27,6 +20,8 @@ from lightvessel_monai.losses.emkd import (
     region_affinity_loss,
 )
 from lightvessel_monai.losses.fsd import FeatureSimilarityDistillation, fsd_pair_loss, naive_similarity_loss
+from lightvessel_monai.losses.kd import KnowledgeDistillation
+from lightvessel_monai.losses.skd import HolisticDistillation, PairwiseDistillation
 
 __all__ = [
     "AdversarialSimilarityDistillation",

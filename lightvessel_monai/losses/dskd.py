@@ -14,7 +14,7 @@ DSKD adds two terms to the segmentation (Dice) loss of a student:
   moving average of its weights or its previous-epoch snapshot). The self-teacher is kept by
   :class:`lightvessel_monai.handlers.SelfTeacherHandler`, never by back-propagation.
 
-PSDL is :class:`~lightvessel_monai.losses.classic.KnowledgeDistillation` with the self-teacher in place of the
+PSDL is :class:`~lightvessel_monai.losses.KnowledgeDistillation` with the self-teacher in place of the
 frozen teacher; ``configs/methods/dskd_kd.json`` adds the plain KD term from a separate teacher on top.
 
 Side heads belong to the distiller (they are trained with the student through
@@ -40,7 +40,7 @@ from lightvessel_monai.losses._common import (
     resize_to,
 )
 from lightvessel_monai.losses.base import DistillationInputs, Distiller
-from lightvessel_monai.losses.classic import KnowledgeDistillation
+from lightvessel_monai.losses.kd import KnowledgeDistillation
 
 __all__ = [
     "DeepDistributionLoss",
@@ -226,7 +226,7 @@ class PixelwiseSelfDistillation(KnowledgeDistillation):
     Args:
         self_teacher: the self-teacher network, e.g. from
             :func:`lightvessel_monai.handlers.self_teacher.make_self_teacher`.
-        temperature, activation, warmup_iterations: as :class:`~lightvessel_monai.losses.classic.KnowledgeDistillation`
+        temperature, activation, warmup_iterations: as :class:`~lightvessel_monai.losses.KnowledgeDistillation`
             (but ``T = 1`` by default: PSDL matches the self-teacher's plain probabilities).
     """
 

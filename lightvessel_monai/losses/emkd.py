@@ -30,8 +30,9 @@ from lightvessel_monai.losses._common import (
     tap_feature,
     tap_pairs,
 )
+from lightvessel_monai.losses.at import AttentionTransfer
 from lightvessel_monai.losses.base import DistillationInputs, PairedTapsDistiller
-from lightvessel_monai.losses.classic import AttentionTransfer, KnowledgeDistillation
+from lightvessel_monai.losses.kd import KnowledgeDistillation
 
 __all__ = [
     "ImportanceMapDistillation",
@@ -47,7 +48,7 @@ LABEL_RESIZE_MODES = ("area", "nearest")
 class PredictionMapDistillation(KnowledgeDistillation):
     r"""PMD: pixel-wise ``KL(p_t || p_s)`` of temperature-softened class maps, times ``T^2`` (EMKD).
 
-    The same objective as pixel-wise :class:`~lightvessel_monai.losses.classic.KnowledgeDistillation`, with EMKD's
+    The same objective as pixel-wise :class:`~lightvessel_monai.losses.KnowledgeDistillation`, with EMKD's
     temperature ``T = 4``. ``activation="softmax"`` for a multi-class head (logits ``(B, K, ...)``) and
     ``"sigmoid"`` for a binary head (``(B, 1, ...)`` logits; each channel is a Bernoulli distribution).
     """
@@ -65,7 +66,7 @@ class ImportanceMapDistillation(AttentionTransfer):
         \mathcal{L}_{IMD} = \frac{1}{L} \sum_{l} \frac{1}{B} \sum_b \sum_x \big(a(F^s_{l,b})(x) - a(F^t_{l,b})(x)\big)^2
 
     with ``p = 4`` and the squared difference summed over positions, as in EMKD's code (this is attention transfer
-    with a higher exponent, so it reuses :class:`~lightvessel_monai.losses.classic.AttentionTransfer`). The student
+    with a higher exponent, so it reuses :class:`~lightvessel_monai.losses.AttentionTransfer`). The student
     map is resized (bi/trilinear) to the teacher's grid. The levels are averaged (``reduction="mean"``); the
     authors' code adds its two levels, i.e. twice this value.
 

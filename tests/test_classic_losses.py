@@ -14,7 +14,7 @@ from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.features import FeatureTaps, check_taps
 from lightvessel_monai.handlers import AdversarialUpdateHandler
 from lightvessel_monai.losses.base import DistillationInputs, student_parameters
-from lightvessel_monai.losses.classic import (
+from lightvessel_monai.losses import (
     AttentionTransfer,
     ChannelWiseDistillation,
     HolisticDistillation,
