@@ -44,11 +44,10 @@ import torch
 from monai.bundle import ConfigParser
 
 from lightvessel_monai.errors import ConfigKeyError, find_user_error
-from lightvessel_monai.evaluation import count_flops, evaluate_cases, mean_over_cases, summarise
+from lightvessel_monai.evaluation import count_flops, cpu_latency_ms, evaluate_cases, mean_over_cases, summarise
 from lightvessel_monai.figures import dice_bar_chart, middle_slice, overlay_grid
 from lightvessel_monai.metrics import METRIC_NAMES
 from lightvessel_monai.networks import count_parameters
-from lightvessel_monai.report import cpu_latency_ms
 from lightvessel_monai.significance import bootstrap_mean_ci, paired_difference
 from lightvessel_monai.utils import atomic_write_text, csv_text, load_state_dict_checked
 

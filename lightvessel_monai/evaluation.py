@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -16,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightvessel_monai.metrics.segmentation import segmentation_metrics
 
-__all__ = ["count_flops", "evaluate_cases", "mean_over_cases", "summarise"]
+__all__ = ["count_flops", "cpu_latency_ms", "evaluate_cases", "mean_over_cases", "summarise"]
 
 
 @torch.no_grad()
@@ -83,3 +85,26 @@ def mean_over_cases(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Per-metric mean over cases (non-finite values, e.g. HD95 of an empty prediction, are left out)."""
     keys = list(rows[0]) if rows else []
     return {key: summarise([row[key] for row in rows])[0] for key in keys}
+
+
+@torch.no_grad()
+def cpu_latency_ms(
+    network: nn.Module, input_shape: Sequence[int], repeats: int = 10, warmup: int = 2, threads: int | None = None
+) -> float:
+    """Median wall time (ms) of one forward pass on the CPU for an input of ``input_shape`` (with batch)."""
+    network = copy.deepcopy(network).cpu().eval()
+    x = torch.randn(*input_shape)
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        for _ in range(warmup):
+            network(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            network(x)
+            times.append((time.perf_counter() - start) * 1000)
+    finally:
+        torch.set_num_threads(previous)
+    return statistics.median(times)

@@ -5,19 +5,17 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import statistics
-import time
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from monai.inferers import Inferer
 from torch import nn
 
-from lightvessel_monai.evaluation import evaluate_cases, mean_over_cases
+from lightvessel_monai.evaluation import cpu_latency_ms, evaluate_cases, mean_over_cases
 from lightvessel_monai.networks import count_parameters
 from lightvessel_monai.utils import atomic_write_text, csv_text, load_state_dict_checked
 
-__all__ = ["evaluate_dice", "cpu_latency_ms", "write_report"]
+__all__ = ["evaluate_dice", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,29 +31,6 @@ def evaluate_dice(
     """Mean foreground Dice over cases (softmax head, argmax), inside ``batch[mask_key]`` when given."""
     rows, _ = evaluate_cases(network, dataloader, device, inferer, num_classes, mask_key=mask_key)
     return mean_over_cases(rows)["dice"]
-
-
-@torch.no_grad()
-def cpu_latency_ms(
-    network: nn.Module, input_shape: Sequence[int], repeats: int = 10, warmup: int = 2, threads: int | None = None
-) -> float:
-    """Median wall time (ms) of one forward pass on the CPU for an input of ``input_shape`` (with batch)."""
-    network = copy.deepcopy(network).cpu().eval()
-    x = torch.randn(*input_shape)
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        for _ in range(warmup):
-            network(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            network(x)
-            times.append((time.perf_counter() - start) * 1000)
-    finally:
-        torch.set_num_threads(previous)
-    return statistics.median(times)
 
 
 def write_report(

@@ -13,7 +13,6 @@ from torch import nn
 from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.features import FeatureTaps, check_taps
 from lightvessel_monai.handlers import AdversarialUpdateHandler
-from lightvessel_monai.losses.base import DistillationInputs, student_parameters
 from lightvessel_monai.losses import (
     AttentionTransfer,
     ChannelWiseDistillation,
@@ -23,6 +22,7 @@ from lightvessel_monai.losses import (
     attention_transfer_loss,
     channel_wise_divergence,
 )
+from lightvessel_monai.losses.base import DistillationInputs, student_parameters
 from lightvessel_monai.networks import SimilarityDiscriminator
 
 from conftest import KL_HAND, REPO
