@@ -48,16 +48,14 @@ from lightvessel_monai.evaluation import count_flops, cpu_latency_ms, evaluate_c
 from lightvessel_monai.figures import dice_bar_chart, middle_slice, overlay_grid
 from lightvessel_monai.metrics import METRIC_NAMES
 from lightvessel_monai.networks import count_parameters
+from lightvessel_monai.resources import data_overlay, methods_dir, train_config
 from lightvessel_monai.significance import bootstrap_mean_ci, paired_difference
-from lightvessel_monai.utils import atomic_write_text, csv_text, load_state_dict_checked
+from lightvessel_monai.utils import atomic_write_text, csv_text, find_bundle_root, load_state_dict_checked
 
 __all__ = ["main", "compare", "method_config", "split_methods", "split_variant"]
 
 logger = logging.getLogger("lightvessel_monai.compare")
 
-REPO = Path(__file__).resolve().parent.parent
-TRAIN_CONFIG = REPO / "bundle" / "configs" / "train.json"
-METHODS_DIR = REPO / "configs" / "methods"
 NEVER_STEP = 10**9  # a validation interval that never fires: runs are evaluated once, after the budget
 BASELINE = "none"  # the method every other one is paired with
 CI_LEVEL = 0.95
@@ -84,12 +82,13 @@ def split_variant(spec: str) -> tuple[str, dict[str, Any]]:
     return method, overrides
 
 
-def method_config(spec: str) -> Path:
+def method_config(spec: str, root: str | os.PathLike | None = None) -> Path:
     """``configs/methods/<name>.json`` of a method or variant spec; an unknown name is a one-line error."""
     name, _ = split_variant(spec)
-    path = METHODS_DIR / f"{name}.json"
+    folder = methods_dir(root)
+    path = folder / f"{name}.json"
     if not path.is_file():
-        known = sorted(p.stem for p in METHODS_DIR.glob("*.json"))
+        known = sorted(p.stem for p in folder.glob("*.json"))
         raise ConfigKeyError(f"--methods: unknown method '{name}' (no {path}); known: {', '.join(known)}")
     return path
 
@@ -138,16 +137,19 @@ class Comparison:
         keep_predictions: int = 2,
         latency_repeats: int = 5,
         verbose: bool = False,
+        config_root: str | os.PathLike | None = None,
     ) -> None:
         if budget < 1:
             raise ConfigKeyError(f"--budget must be a positive number of iterations, got {budget}")
-        self.base_configs = [TRAIN_CONFIG] + ([Path(data_config)] if data_config else [])
-        for path in self.base_configs:
-            if not Path(path).is_file():
-                raise ConfigKeyError(f"config file {path} does not exist")
+        self.config_root = config_root
+        self.base_configs = [train_config(config_root)]
+        self.base_configs += [data_overlay(data_config, config_root)] if data_config else []
         self.output_dir = Path(output_dir).resolve()
         self.budget = int(budget)
         self.overrides = dict(overrides or {})
+        if find_bundle_root(default="") == "" and "bundle_root" not in self.overrides:
+            # not run from a checkout's root: the shared teacher cache and generated data go under output_dir
+            self.overrides["bundle_root"] = str(self.output_dir / "bundle")
         self.keep_predictions = keep_predictions
         self.latency_repeats = latency_repeats
         self.verbose = verbose
@@ -215,7 +217,7 @@ class Comparison:
 
         ``method`` is a name from ``configs/methods`` or a variant spec ``<name>+KEY=JSON...``.
         """
-        method_file = method_config(method)
+        method_file = method_config(method, self.config_root)
         variant = split_variant(method)[1]
         run_dir = run_folder(self.output_dir, method, seed)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -425,11 +427,14 @@ def compare(
     keep_predictions: int = 2,
     latency_repeats: int = 5,
     verbose: bool = False,
+    config_root: str | os.PathLike | None = None,
 ) -> Path:
     """Run the comparison and write its tables and figures; returns the path of ``results.md``."""
     for name in methods:
-        method_config(name)  # fail before any training on a typo or a malformed variant
-    comparison = Comparison(data_config, output_dir, budget, overrides, keep_predictions, latency_repeats, verbose)
+        method_config(name, config_root)  # fail before any training on a typo or a malformed variant
+    comparison = Comparison(
+        data_config, output_dir, budget, overrides, keep_predictions, latency_repeats, verbose, config_root
+    )
     teacher = comparison.prepare_teacher()
     print(f"teacher: Dice {teacher['metrics']['dice']:.4f} ({comparison.teacher_checkpoint})", flush=True)
     results = []
@@ -520,7 +525,14 @@ def _split(text: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightvessel_monai.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--data", default=None, help="data overlay, e.g. configs/data/drive.json (default: synthetic 2D)"
+        "--data",
+        default=None,
+        help="data overlay, a path (configs/data/drive.json) or a name (drive) (default: synthetic 2D)",
+    )
+    parser.add_argument(
+        "--config_root",
+        default=None,
+        help="folder with bundle/configs/ and configs/ (default: the checkout, else the installed package data)",
     )
     parser.add_argument("--methods", default="none,kd,at,cwd,skd,emkd,dskd,lightvessel", help="comma-separated")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
@@ -566,6 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep_predictions=args.overlays,
             latency_repeats=args.latency_repeats,
             verbose=args.verbose,
+            config_root=args.config_root,
         )
     except Exception as error:  # a user-fixable error anywhere in the chain is one line; others keep the traceback
         user_error = find_user_error(error)
