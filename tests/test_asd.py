@@ -158,3 +158,18 @@ def test_handler_state_roundtrip():
     handler2.step(real, fake)
     for a, b in zip(disc.parameters(), disc2.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"activation": "softmx"}, "activation must be one of softmax, sigmoid, got 'softmx'"),
+        ({"correlation": "sum"}, "correlation must be one of product, concat, got 'sum'"),
+        ({"gan_loss": "wgan"}, "gan_loss must be one of"),
+    ],
+)
+def test_asd_refuses_unknown_settings_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdversarialSimilarityDistillation(SimilarityDiscriminator(2, 2), **kwargs)
+    with pytest.raises(ValueError, match="must be one of"):  # the map function checks them too
+        correlation_map(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4), **{"activation": "x"})

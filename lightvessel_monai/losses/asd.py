@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.utils import one_hot
 from torch import nn
 
-from lightvessel_monai.losses._common import class_probabilities
+from lightvessel_monai.losses._common import (
+    check_activation,
+    check_choice,
+    class_probabilities,
+    label_to_onehot,
+    require_teacher_pred,
+)
 from lightvessel_monai.losses.adversarial import (
     GAN_KINDS,
     discriminator_loss,
@@ -33,18 +38,12 @@ def correlation_map(
             ``concat(label, p)`` with ``2K`` channels.
         activation: ``"softmax"`` (multi-class head) or ``"sigmoid"`` (binary/multi-label head).
     """
-    prob = class_probabilities(pred.float(), activation)
-    num_classes = pred.shape[1]
-    if label.shape[1] == 1 and num_classes > 1:
-        label = one_hot(label.long(), num_classes, dim=1)
-    label = label.to(prob.dtype)
+    check_choice(correlation, CORRELATIONS, "correlation")
+    prob = class_probabilities(pred.float(), check_activation(activation))
+    label = label_to_onehot(label, pred.shape[1]).to(prob.dtype)
     if label.shape != prob.shape:
         raise ValueError(f"label shape {tuple(label.shape)} does not match prediction shape {tuple(prob.shape)}")
-    if correlation == "product":
-        return label * prob
-    if correlation == "concat":
-        return torch.cat([label, prob], dim=1)
-    raise ValueError(f"correlation must be one of {', '.join(CORRELATIONS)}, got '{correlation}'")
+    return label * prob if correlation == "product" else torch.cat([label, prob], dim=1)
 
 
 class AdversarialSimilarityDistillation(Distiller):
@@ -78,14 +77,10 @@ class AdversarialSimilarityDistillation(Distiller):
         warmup_iterations: int = 0,
     ) -> None:
         super().__init__()
-        if correlation not in CORRELATIONS:
-            raise ValueError(f"correlation must be one of {', '.join(CORRELATIONS)}, got '{correlation}'")
-        if gan_loss not in GAN_KINDS:
-            raise ValueError(f"gan_loss must be one of {', '.join(GAN_KINDS)}, got '{gan_loss}'")
         self.discriminator = discriminator
-        self.correlation = correlation
-        self.activation = activation
-        self.gan_loss = gan_loss
+        self.correlation = check_choice(correlation, CORRELATIONS, "correlation")
+        self.activation = check_activation(activation)
+        self.gan_loss = check_choice(gan_loss, GAN_KINDS, "gan_loss")
         self.gp_weight = gp_weight
         self.warmup_iterations = warmup_iterations
 
@@ -109,8 +104,7 @@ class AdversarialSimilarityDistillation(Distiller):
         return self.critic_map(teacher_pred, label, image), self.critic_map(student_pred, label, image)
 
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:
-        if inputs.teacher_pred is None:
-            raise ValueError(f"{type(self).__name__} needs a teacher prediction (teacher_pred is None)")
+        require_teacher_pred(inputs, type(self).__name__)
         if self.warmup_iterations and inputs.iteration <= self.warmup_iterations:
             return inputs.student_pred.new_zeros(())
         fake = self.critic_map(inputs.student_pred, inputs.label, inputs.image)

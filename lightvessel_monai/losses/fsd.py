@@ -23,8 +23,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.losses._common import channel_l2_normalise, full_precision
+from lightvessel_monai.losses._common import (
+    REDUCTIONS,
+    channel_l2_normalise,
+    check_choice,
+    check_positive,
+    full_precision,
+    reduce_terms,
+    tap_feature,
+)
 from lightvessel_monai.losses.base import DistillationInputs, Distiller
 
 __all__ = ["FeatureSimilarityDistillation", "fsd_pair_loss", "naive_similarity_loss"]
@@ -331,37 +338,25 @@ class FeatureSimilarityDistillation(Distiller):
             ):
                 raise ValueError(f"FSD pair must be [enc_tap, dec_tap] (two tap names), got {pair!r}")
             checked.append((pair[0], pair[1]))
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"FSD reduction must be 'sum' or 'mean', got {reduction!r}")
-        if not eps > 0:
-            raise ValueError(f"FSD eps must be positive, got {eps!r}")
         self.pairs = tuple(checked)
         self.grid = _check_grid(grid)
         self.pool_size = _check_pool_size(pool_size)
         self.implicit = bool(implicit)
         self.compute_dtype = _check_compute_dtype(compute_dtype)
-        self.reduction = reduction
-        self.eps = float(eps)
+        self.reduction = check_choice(reduction, REDUCTIONS, "FSD reduction")
+        self.eps = check_positive(eps, "FSD eps")
         self.required_taps = tuple(dict.fromkeys(name for pair in self.pairs for name in pair))
 
-    @staticmethod
-    def _tap(features: dict[str, torch.Tensor], name: str, owner: str) -> torch.Tensor:
-        if name not in features:
-            available = ", ".join(sorted(features)) or "none"
-            raise ConfigKeyError(
-                f"FSD needs {owner} tap '{name}', which is missing; available {owner} taps: {available}"
-            )
-        return features[name]
-
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:
+        teacher, student = inputs.teacher_features, inputs.student_features
         losses = []
         for enc, dec in self.pairs:
             losses.append(
                 fsd_pair_loss(
-                    self._tap(inputs.teacher_features, enc, "teacher"),
-                    self._tap(inputs.teacher_features, dec, "teacher"),
-                    self._tap(inputs.student_features, enc, "student"),
-                    self._tap(inputs.student_features, dec, "student"),
+                    tap_feature(teacher, enc, "teacher", "FSD"),
+                    tap_feature(teacher, dec, "teacher", "FSD"),
+                    tap_feature(student, enc, "student", "FSD"),
+                    tap_feature(student, dec, "student", "FSD"),
                     grid=self.grid,
                     pool_size=self.pool_size,
                     implicit=self.implicit,
@@ -369,8 +364,7 @@ class FeatureSimilarityDistillation(Distiller):
                     eps=self.eps,
                 )
             )
-        total = torch.stack(losses).sum()
-        return total / len(losses) if self.reduction == "mean" else total
+        return reduce_terms(losses, self.reduction)
 
     def extra_repr(self) -> str:
         return (
