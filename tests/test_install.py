@@ -1,6 +1,7 @@
 """The package works when installed, not only from a checkout: a plain (non-editable) install, run elsewhere."""
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -13,9 +14,18 @@ from conftest import REPO
 @pytest.mark.integration
 def test_a_non_editable_install_compares_from_outside_the_repository(tmp_path):
     # build and install the wheel into a fresh prefix; its dependencies come from this environment's site-packages
-    wheels, prefix, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
+    wheels, prefix, work, source = (tmp_path / name for name in ("wheels", "venv", "elsewhere", "source"))
+    # build from a copy of what a source distribution holds, so that the build leaves nothing in the checkout
+    source.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("lightvessel_monai", "configs"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "bundle" / "configs", source / "bundle" / "configs")
+    shutil.copytree(REPO / "bundle" / "docs", source / "bundle" / "docs")
+    shutil.copy(REPO / "bundle" / "LICENSE", source / "bundle" / "LICENSE")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(pip + ["wheel", str(REPO), "--no-deps", "--no-build-isolation", "-w", str(wheels)], check=True)
+    subprocess.run(pip + ["wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(wheels)], check=True)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(prefix)], check=True)
     (wheel,) = wheels.glob("*.whl")
     subprocess.run(
