@@ -2,9 +2,9 @@
 
 ``python -m monai.bundle run`` wraps every failure of a config expression in several layers of
 tracebacks. For the errors a user can fix (bad data, a bad config key, a wrong checkpoint) that noise
-hides the message, so importing :mod:`lightvessel_monai` installs :func:`excepthook`, which prints only
-the first :class:`LightVesselError` found in the exception chain. Any other exception keeps Python's
-usual traceback.
+hides the message, so the bundle configs' first ``initialize`` step calls :func:`install_excepthook`, which
+prints only the first :class:`LightVesselError` found in the exception chain. Any other exception keeps
+Python's usual traceback. Importing the package installs nothing (a host such as MONAI Label keeps its hook).
 """
 
 from __future__ import annotations

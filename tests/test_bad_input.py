@@ -269,3 +269,9 @@ def test_the_write_probe_leaves_nothing_behind(tmp_path):
 
     check_writable({"ckpt_dir": tmp_path / "models" / "teacher", "output_dir": tmp_path})
     assert list(tmp_path.iterdir()) == [], "the probe created a folder or left a file"
+
+
+def test_importing_the_package_leaves_the_excepthook_alone():
+    code = "import sys; hook = sys.excepthook; import lightvessel_monai.losses; print(sys.excepthook is hook)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True", "a host process (MONAI Label) must keep its own excepthook"
