@@ -50,7 +50,13 @@ from lightvessel_monai.metrics import METRIC_NAMES
 from lightvessel_monai.networks import count_parameters
 from lightvessel_monai.resources import data_overlay, methods_dir, train_config
 from lightvessel_monai.significance import bootstrap_mean_ci, paired_difference
-from lightvessel_monai.utils import atomic_write_text, csv_text, find_bundle_root, load_state_dict_checked
+from lightvessel_monai.utils import (
+    atomic_write_text,
+    csv_text,
+    find_bundle_root,
+    load_state_dict_checked,
+    markdown_table,
+)
 
 __all__ = ["main", "compare", "method_config", "split_methods", "split_variant"]
 
@@ -355,16 +361,14 @@ class Comparison:
 
         header = ["model", "seeds", "Dice", "IoU", "sensitivity", "specificity", "accuracy", "clDice", "HD95 (px)"]
         header += ["params", "GFLOPs", "CPU ms", "iterations"]
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in table:
-            cells = [row["model"], str(row["seeds"])] + [cell(row, m) for m in METRIC_NAMES]
-            cells += [
-                f"{row['params']:,}",
-                f"{row['gflops']:.2f}",
-                f"{row['cpu_latency_ms']:.1f}",
-                str(row["iterations"]),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines = markdown_table(
+            header,
+            (
+                [row["model"], row["seeds"], *(cell(row, m) for m in METRIC_NAMES)]
+                + [f"{row['params']:,}", f"{row['gflops']:.2f}", f"{row['cpu_latency_ms']:.1f}", row["iterations"]]
+                for row in table
+            ),
+        )
         where = f" inside `{self.mask_key}`" if self.mask_key else ""
         shape = "x".join(str(s) for s in self.input_shape[2:])
         lines += [
@@ -376,21 +380,24 @@ class Comparison:
         ]
         paired = [row for row in table if row["model"] not in ("teacher", BASELINE) and row["paired_seeds"]]
         if paired:
-            lines += [
-                "",
-                f"Dice difference from `{BASELINE}`, paired seed by seed and case by case, with its {CI_LEVEL:.0%} "
-                "bootstrap interval (seeds and cases resampled); **bold** where the interval excludes 0.",
-                "",
-                f"| model | seeds | Dice | Dice − {BASELINE} | {CI_LEVEL:.0%} interval | significant |",
-                "|---|---|---|---|---|---|",
-            ]
+            rows = []
             for row in paired:
                 diff = f"{row['diff_vs_none']:+.4f}"
                 interval = f"[{row['diff_ci_low']:+.4f}, {row['diff_ci_high']:+.4f}]"
                 if row["significant"] == "yes":
                     diff, interval = f"**{diff}**", f"**{interval}**"
-                cells = [row["model"], str(row["paired_seeds"]), f"{row['dice_mean']:.4f}", diff, interval]
-                lines.append("| " + " | ".join([*cells, row["significant"]]) + " |")
+                rows.append(
+                    [row["model"], row["paired_seeds"], f"{row['dice_mean']:.4f}", diff, interval, row["significant"]]
+                )
+            lines += [
+                "",
+                f"Dice difference from `{BASELINE}`, paired seed by seed and case by case, with its {CI_LEVEL:.0%} "
+                "bootstrap interval (seeds and cases resampled); **bold** where the interval excludes 0.",
+                "",
+                *markdown_table(
+                    ["model", "seeds", "Dice", f"Dice − {BASELINE}", f"{CI_LEVEL:.0%} interval", "significant"], rows
+                ),
+            ]
         return "\n".join(lines) + "\n"
 
     def _overlays(self, teacher: dict[str, Any], results: Sequence[dict[str, Any]], methods: Sequence[str]) -> None:
@@ -479,7 +486,7 @@ def _grad_markdown(results: Sequence[dict[str, Any]], methods: Sequence[str]) ->
         mean = {t: float(np.mean([r[t] for r in runs])) for t in terms}
         seg = mean.get("seg", 0.0)
         cells = [f"{t}: {mean[t]:.3g}" + (f" ({mean[t] / seg:.2f}x)" if seg > 0 and t != "seg" else "") for t in terms]
-        rows.append(f"| {name} | {len(runs)} | " + ", ".join(cells) + " |")
+        rows.append([name, len(runs), ", ".join(cells)])
     if not rows:
         return ""
     return (
@@ -490,9 +497,7 @@ def _grad_markdown(results: Sequence[dict[str, Any]], methods: Sequence[str]) ->
                 "over the measured iterations of a run, averaged over seeds; in brackets, as a multiple of the "
                 "segmentation loss's.",
                 "",
-                "| model | seeds | term: gradient norm (x seg) |",
-                "|---|---|---|",
-                *rows,
+                *markdown_table(["model", "seeds", "term: gradient norm (x seg)"], rows),
             ]
         )
         + "\n"

@@ -13,7 +13,7 @@ from torch import nn
 
 from lightvessel_monai.evaluation import cpu_latency_ms, evaluate_cases, mean_over_cases
 from lightvessel_monai.networks import count_parameters
-from lightvessel_monai.utils import atomic_write_text, csv_text, load_state_dict_checked
+from lightvessel_monai.utils import atomic_write_text, csv_text, load_state_dict_checked, markdown_table
 
 __all__ = ["evaluate_dice", "write_report"]
 
@@ -71,12 +71,9 @@ def write_report(
     os.makedirs(output_dir, exist_ok=True)
     atomic_write_text(os.path.join(output_dir, "report.csv"), csv_text(rows))
     shape, threads = "x".join(str(s) for s in input_shape[2:]), torch.get_num_threads()
-    lines = [
-        f"| model | Dice | parameters | median CPU latency, one {shape} image (ms, {threads} threads) |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {r['model']} | {r['dice']:.4f} | {r['params']:,} | {r['cpu_latency_ms']:.1f} |" for r in rows]
-    table = "\n".join(lines)
+    header = ["model", "Dice", "parameters", f"median CPU latency, one {shape} image (ms, {threads} threads)"]
+    cells = ([r["model"], f"{r['dice']:.4f}", f"{r['params']:,}", f"{r['cpu_latency_ms']:.1f}"] for r in rows)
+    table = "\n".join(markdown_table(header, cells))
     atomic_write_text(os.path.join(output_dir, "report.md"), table + "\n")
     printer(table)
     return rows
