@@ -5,45 +5,32 @@ sizes, a label with undeclared classes) raises :class:`~lightvessel_monai.errors
 one-line message naming the datalist, the entry index and the file, instead of failing deep inside a
 data loader worker after the networks are built.
 
-The readers are small and format-specific (Pillow for 2D images, nibabel for NIfTI, pydicom for DICOM)
-so that checking a datalist costs a fraction of one epoch: images are opened and decoded (or, for
-NIfTI, checked for their full size) and labels are read to check their values.
+The readers are small and format-specific (``_formats``: Pillow for 2D images, nibabel for NIfTI, ITK where
+MONAI's LoadImage would use it; ``_dicom_series``: pydicom headers) so that checking a datalist costs a fraction
+of one epoch: images are opened and decoded (or, for NIfTI, checked for their full size) and labels are read to
+check their values. This module loads the datalist and compares the files of each entry.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
-import math
 import os
-import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lightvessel_monai.data._formats import ITK_2D_SUFFIXES, FileInfo, read_image, read_label, read_with_itk
+from lightvessel_monai.data._unreadable import Unreadable, one_line
 from lightvessel_monai.errors import ConfigKeyError, DataError
 
 __all__ = ["load_datalist", "check_datalist", "count_outside"]
 
 logger = logging.getLogger(__name__)
 
-_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_DICOM_SUFFIXES = (".dcm", ".dicom")
-# 2D suffixes that MONAI's LoadImage, left to choose its reader, reads with ITK (its PILReader claims only
-# .png, .jpg, .jpeg and .bmp): pre-flight reads these with ITK too, so that it accepts what the pipeline can read
-_ITK_2D_SUFFIXES = (".tif", ".tiff", ".gif")
 _MAX_LISTED = 5  # unexpected label values listed in a message
-_GZIP_CHUNK = 1 << 24
-_PIXEL_DATA = 0x7FE00010
-_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: an index, not an image
-_SLICE_TOL_MM = 0.01  # slice positions closer than this are the same position
-_SLICE_TOL_REL = 0.05  # a step between slices may differ from the usual slice spacing by this fraction
-
 
 # --------------------------------------------------------------------------------------------- datalist
 
@@ -70,7 +57,7 @@ def load_datalist(datalist_path: str, data_list_key: str = "training", base_dir:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"datalist {name} cannot be read: {_one_line(err)}") from None
+        raise DataError(f"datalist {name} cannot be read: {one_line(err)}") from None
     try:
         content = json.loads(text)
     except json.JSONDecodeError as err:
@@ -104,369 +91,7 @@ def load_datalist(datalist_path: str, data_list_key: str = "training", base_dir:
     try:
         return load_decathlon_datalist(path, data_list_key=data_list_key, base_dir=base_dir)
     except (ValueError, TypeError, OSError) as err:
-        raise DataError(f"datalist {name} key '{data_list_key}' cannot be loaded: {_one_line(err)}") from None
-
-
-# -------------------------------------------------------------------------------------------------- files
-
-
-class _Unreadable(Exception):
-    """Raised by the readers; ``check_datalist`` turns it into a :class:`DataError` naming the entry."""
-
-
-@dataclass(frozen=True)
-class _Info:
-    """What the readers learn about a file: ``None`` where the format does not tell (DICOM, unknown)."""
-
-    shape: tuple[int, ...] | None = None  # spatial shape, compared across an entry
-    full_shape: tuple[int, ...] | None = None  # every dimension, for the ``spatial_dims`` check
-    affine: np.ndarray | None = None  # voxel-to-world matrix (NIfTI), compared across an entry
-    channels: int | None = None  # colour channels of a 2D image file (PIL bands: L 1, LA 2, RGB 3, RGBA 4)
-
-
-def _one_line(err: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _format(path: str) -> str:
-    lower = path.lower()
-    if os.path.isdir(path):
-        return "dicom_dir"
-    if lower.endswith(_NIFTI_SUFFIXES):
-        return "nifti"
-    if lower.endswith(_PIL_SUFFIXES):
-        return "pil"
-    if lower.endswith(_DICOM_SUFFIXES):
-        return "dicom"
-    return _sniff(path)
-
-
-_NOT_AN_IMAGE = (
-    "is not an image this bundle reads (PNG, JPEG, TIFF, GIF, BMP, NIfTI, DICOM, NRRD, MetaImage), "
-    "judged by its content"
-)
-
-_MAGIC = (  # leading bytes of the formats the bundle's readers (PIL, nibabel, pydicom, ITK) read
-    (b"\x89PNG\r\n\x1a\n", "pil"),
-    (b"\xff\xd8\xff", "pil"),  # JPEG
-    (b"II*\x00", "pil"),  # TIFF, little-endian
-    (b"MM\x00*", "pil"),  # TIFF, big-endian
-    (b"GIF8", "pil"),
-    (b"BM", "pil"),
-    (b"\x1f\x8b", "nifti"),  # gzip: a compressed NIfTI is the one gzip format the readers take
-    (b"NRRD", "other"),
-    (b"ObjectType", "other"),  # MetaImage header
-)
-
-
-def _sniff(path: str) -> str:
-    """The format of a file with an unknown extension, from its content (``"unknown"`` when none matches).
-
-    A datalist may name any file, so pre-flight never trusts a name: ``../../etc/passwd`` is refused here, before a
-    reader gets it.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(352)
-    except OSError:
-        return "other"  # the caller reports the OSError with the file's name
-    for magic, kind in _MAGIC:
-        if head.startswith(magic):
-            return kind
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00", b"n+2\x00"):
-        return "nifti"
-    return "unknown"
-
-
-def _nifti_expected_bytes(img: Any) -> int:
-    """Size of the uncompressed single-file NIfTI: data offset plus the voxel data."""
-    proxy = img.dataobj  # an ArrayProxy: the offset and on-disk dtype that reading the data will use
-    offset = int(getattr(proxy, "offset", img.header.get_data_offset()))
-    dtype = np.dtype(getattr(proxy, "dtype", img.header.get_data_dtype()))
-    return offset + math.prod(int(s) for s in img.shape) * dtype.itemsize
-
-
-def _check_gzip_complete(path: str, expected: int) -> None:
-    """Fail when a ``.nii.gz`` holds less than ``expected`` uncompressed bytes (truncated or corrupt).
-
-    The gzip trailer stores the uncompressed size modulo 2**32: when it matches, the file is complete
-    and nothing is decompressed. Otherwise (a truncated file, or a multi-member gzip) the file is
-    decompressed in chunks, which checks the CRC and the end-of-stream marker.
-    """
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() >= 18:
-            f.seek(-4, os.SEEK_END)
-            (isize,) = struct.unpack("<I", f.read(4))
-            if isize == expected % (1 << 32):
-                return
-    total = 0
-    try:
-        with gzip.open(path, "rb") as g:
-            while chunk := g.read(_GZIP_CHUNK):
-                total += len(chunk)
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise _Unreadable(f"is truncated or corrupt ({_one_line(err)})") from None
-    if total < expected:
-        raise _Unreadable(f"is truncated: {total} of {expected} uncompressed bytes")
-
-
-def _load_nifti(path: str) -> Any:
-    import nibabel as nib
-
-    try:
-        img = nib.load(path)
-        # MONAI's NibabelReader reads both orientations: an invalid quaternion fails there, even when the sform is
-        # used (found by tests/test_fuzz.py)
-        img.get_qform()
-        img.get_sform()
-        return img
-    except Exception as err:  # nibabel raises ImageFileError, EOFError, OSError, ValueError...
-        raise _Unreadable(f"cannot be read as NIfTI ({_one_line(err)})") from None
-
-
-def _nifti_spatial(shape: Sequence[int]) -> tuple[int, ...]:
-    """The first 3 dims are spatial; further dims (channels, a trailing singleton, time) are not."""
-    return tuple(int(s) for s in shape[:3])
-
-
-def _read_dicom(path: str) -> None:
-    """Read the DICOM headers of a file, or of every file of a folder, which must hold one complete series."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    if not os.path.isdir(path):
-        try:
-            pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as err:
-            raise _Unreadable(f"cannot be read as DICOM ({_one_line(err)})") from None
-        return
-    files = sorted(e.path for e in os.scandir(path) if e.is_file() and not e.name.startswith("."))
-    if not files:
-        raise _Unreadable("is an empty folder (expected DICOM files)")
-    headers: list[tuple[str, Any]] = []
-    first_error: str | None = None
-    for file in files:
-        name = os.path.basename(file)
-        if os.path.getsize(file) == 0:
-            raise _Unreadable(f"holds an empty file {name} (0 bytes)")
-        try:
-            # headers only: the pixel data (larger than defer_size) is skipped, its offset and length kept
-            ds = pydicom.dcmread(file, defer_size=1024)
-        except InvalidDicomError as err:  # not DICOM at all (a stray text file): ITK skips it too
-            if name.lower().endswith(_DICOM_SUFFIXES):
-                raise _Unreadable(f"cannot be read as DICOM ({name}: {_one_line(err)})") from None
-            first_error = first_error or f"{name}: {_one_line(err)}"
-            continue
-        except Exception as err:  # DICOM, but truncated or corrupt
-            raise _Unreadable(f"cannot be read as DICOM ({name}: {_one_line(err)})") from None
-        try:
-            if name.upper() == "DICOMDIR" or str(ds.get("SOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
-                continue
-            _check_dicom_complete(name, ds, os.path.getsize(file))
-        except _Unreadable:
-            raise
-        except Exception as err:  # pydicom parses elements lazily: a corrupt one fails when first read
-            raise _Unreadable(f"cannot be read as DICOM ({name}: {_one_line(err)})") from None
-        headers.append((name, ds))
-    if not headers:
-        raise _Unreadable(f"cannot be read as DICOM ({first_error or 'it holds only a DICOMDIR'})")
-    try:
-        _check_dicom_series(headers)
-    except _Unreadable:
-        raise
-    except Exception as err:
-        # pydicom parses values lazily: a corrupt value (ImagePositionPatient, a VR, ...) fails only here
-        raise _Unreadable(f"holds a DICOM header value that cannot be read ({_one_line(err)})") from None
-
-
-def _check_dicom_complete(name: str, ds: Any, size: int) -> None:
-    """A DICOM image file cut short: pydicom stops silently at the end of the file, so look for what is missing."""
-    if _PIXEL_DATA not in ds:
-        raise _Unreadable(f"cannot be read as DICOM ({name}: no pixel data; truncated, or not an image)")
-    element = ds.get_item(_PIXEL_DATA, keep_deferred=True)
-    start, length = getattr(element, "value_tell", None), getattr(element, "length", None)
-    if isinstance(start, int) and isinstance(length, int) and length != 0xFFFFFFFF and start + length > size:
-        raise _Unreadable(f"cannot be read as DICOM ({name} is truncated: {size} of {start + length} bytes)")
-    if "SeriesInstanceUID" not in ds:
-        raise _Unreadable(f"cannot be read as DICOM ({name}: no SeriesInstanceUID)")
-
-
-def _check_dicom_series(headers: list[tuple[str, Any]]) -> None:
-    """One series, slices of one size and orientation, and no missing or duplicate slice positions."""
-    series: dict[str, list[str]] = {}
-    for name, ds in headers:
-        series.setdefault(str(ds.SeriesInstanceUID), []).append(name)
-    if len(series) > 1:
-        listed = ", ".join(f"{uid} ({len(names)} files)" for uid, names in list(series.items())[:3])
-        more = ", ..." if len(series) > 3 else ""
-        raise _Unreadable(
-            f"holds {len(series)} DICOM series (SeriesInstanceUID {listed}{more}) where one series is expected"
-        )
-    sizes = {(int(ds.get("Rows", 0)), int(ds.get("Columns", 0))): name for name, ds in headers}
-    if len(sizes) > 1:
-        listed = ", ".join(f"{r}x{c} in {name}" for (r, c), name in list(sizes.items())[:3])
-        raise _Unreadable(f"has slices of different sizes (rows x columns: {listed})")
-    if len(headers) < 2:
-        return
-
-    if all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in headers):
-        orientation = np.asarray([float(v) for v in headers[0][1].ImageOrientationPatient])
-        for name, ds in headers[1:]:
-            other = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-            if other.shape != orientation.shape or not np.allclose(other, orientation, atol=1e-3):
-                raise _Unreadable(
-                    f"has slices of different orientations (ImageOrientationPatient of {name} differs from "
-                    f"{headers[0][0]})"
-                )
-        normal = np.cross(orientation[:3], orientation[3:6])
-        slices = sorted(
-            (float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)), name) for name, ds in headers
-        )
-        positions = np.asarray([p for p, _ in slices])
-        steps = np.diff(positions)
-        same = np.flatnonzero(steps < _SLICE_TOL_MM)
-        if same.size:
-            i = int(same[0])
-            raise _Unreadable(
-                f"has several slices at the same position ({slices[i][1]} and {slices[i + 1][1]} at "
-                f"{positions[i]:.4g} mm along the slice normal)"
-            )
-        if len(steps) < 2:
-            return
-        spacing = float(np.median(steps))
-        tol = max(_SLICE_TOL_MM, _SLICE_TOL_REL * spacing)
-        odd = np.flatnonzero(np.abs(steps - spacing) > tol)
-        if odd.size:
-            i = int(odd[0])
-            step = float(steps[i])
-            between = f"{slices[i][1]} and {slices[i + 1][1]}"
-            missing = round(step / spacing) - 1
-            if missing >= 1 and abs(step - (missing + 1) * spacing) <= tol * (missing + 1):
-                raise _Unreadable(
-                    f"is missing {missing} slice{'s' if missing > 1 else ''}: a gap of {step:.4g} mm between "
-                    f"{between} where the slice spacing is {spacing:.4g} mm"
-                )
-            raise _Unreadable(
-                f"has non-uniform slice spacing: {step:.4g} mm between {between} where the slice spacing is "
-                f"{spacing:.4g} mm"
-            )
-        return
-
-    # no geometry: fall back on the instance numbers
-    if all("InstanceNumber" in ds and ds.InstanceNumber is not None for _, ds in headers):
-        numbered = sorted((int(ds.InstanceNumber), name) for name, ds in headers)
-        for (a, name_a), (b, name_b) in zip(numbered, numbered[1:], strict=False):
-            if b == a:
-                raise _Unreadable(f"has several slices with InstanceNumber {a} ({name_a} and {name_b})")
-            if b > a + 1:
-                raise _Unreadable(f"is missing slices: InstanceNumber jumps from {a} ({name_a}) to {b} ({name_b})")
-
-
-def _check_not_empty(path: str) -> None:
-    if not os.path.isdir(path) and os.path.getsize(path) == 0:
-        raise _Unreadable("is empty (0 bytes)")
-
-
-def _spatial_shape(path: str) -> _Info:
-    """Open ``path``, check that it is complete, and return its shapes (and affine, for NIfTI).
-
-    2D images give the spatial shape ``(H, W)`` (colour channels are not spatial); NIfTI gives its first
-    3 dims as the spatial shape. DICOM and unknown formats are only checked for readability and give no
-    shape (no shape comparison).
-    """
-    _check_not_empty(path)
-    kind = _format(path)
-    if kind == "unknown":
-        raise _Unreadable(_NOT_AN_IMAGE)
-    if kind == "pil":
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                shape, channels = (im.height, im.width), len(im.getbands())
-                if im.format == "PNG":
-                    im.verify()  # reads every chunk and checks its CRC: truncation fails here, without decoding
-                else:
-                    im.load()  # decodes the pixels: a truncated or corrupt file fails here
-                    if im.mode.startswith("F"):  # float TIFFs are the only 2D images that can hold NaN
-                        _check_finite(np.asarray(im))
-                return _Info(shape, shape, channels=channels)
-        except Exception as err:
-            raise _Unreadable(f"cannot be read as an image ({_one_line(err)})") from None
-    if kind == "nifti":
-        img = _load_nifti(path)
-        expected = _nifti_expected_bytes(img)
-        if path.lower().endswith(".gz"):
-            _check_gzip_complete(path, expected)
-        else:
-            size = os.path.getsize(path)
-            if size < expected:
-                raise _Unreadable(f"is truncated: {size} of {expected} bytes")
-        if np.dtype(img.get_data_dtype()).kind == "f":  # integer voxels cannot be NaN: only floats are decoded
-            try:
-                array = np.asanyarray(img.dataobj)
-            except Exception as err:
-                raise _Unreadable(f"is truncated or corrupt ({_one_line(err)})") from None
-            _check_finite(array)
-        return _nifti_info(img)
-    if kind in ("dicom", "dicom_dir"):
-        _read_dicom(path)
-    return _Info()
-
-
-def _read_with_itk(path: str) -> None:
-    from monai.data import ITKReader
-
-    reader = ITKReader()
-    try:
-        reader.get_data(reader.read(path))  # the pixels and the metadata, as LoadImage reads them
-    except Exception as err:
-        suffix = os.path.splitext(path)[1].lower()
-        raise _Unreadable(
-            f"cannot be read by ITK, the reader MONAI's LoadImage picks for {suffix} files ({_one_line(err)}); "
-            "set image_reader to PILReader to read it with PIL"
-        ) from None
-
-
-def _check_finite(array: np.ndarray) -> None:
-    """Raise :class:`_Unreadable` when a float array holds NaN or infinite values (counted in the message)."""
-    if np.issubdtype(array.dtype, np.floating):
-        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
-        if bad:
-            raise _Unreadable(f"holds {bad} NaN or infinite voxel values")
-
-
-def _nifti_info(img: Any) -> _Info:
-    return _Info(_nifti_spatial(img.shape), tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=float))
-
-
-def _read_label(path: str) -> tuple[_Info, np.ndarray | None]:
-    """Read a label file: its shapes and affine, and its voxel array (``None`` for DICOM and unknown formats)."""
-    _check_not_empty(path)
-    kind = _format(path)  # an "unknown" one falls through to _spatial_shape, which refuses it
-    if kind == "pil":
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                array = np.asarray(im)  # palette images give their indices, like MONAI's PILReader
-                shape = (im.height, im.width)
-                return _Info(shape, shape, channels=len(im.getbands())), array
-        except Exception as err:
-            raise _Unreadable(f"cannot be read as an image ({_one_line(err)})") from None
-    if kind == "nifti":
-        img = _load_nifti(path)
-        try:
-            array = np.asanyarray(img.dataobj)  # decompresses everything: truncation fails here
-        except Exception as err:
-            raise _Unreadable(f"is truncated or corrupt ({_one_line(err)})") from None
-        _check_finite(array)
-        return _nifti_info(img), array
-    return _spatial_shape(path), None
+        raise DataError(f"datalist {name} key '{data_list_key}' cannot be loaded: {one_line(err)}") from None
 
 
 def _unexpected_values(array: np.ndarray, allowed: Sequence[int]) -> list[Any]:
@@ -590,7 +215,7 @@ def check_datalist(
         raise DataError(f"{source} is empty")
     allowed = sorted(label_values) if label_values is not None else None
     # Files shared by entries (one image with several labels) are read once.
-    infos: dict[str, _Info] = {}
+    infos: dict[str, FileInfo] = {}
     label_checked: set[str] = set()
     itk_checked: set[str] = set()
 
@@ -603,7 +228,7 @@ def check_datalist(
             have = ", ".join(map(str, entry)) or "none"
             raise DataError(f"{where} has no key '{missing[0]}' (keys: {have})")
 
-        reference: tuple[str, str, _Info] | None = None  # (key, file, info) of the first file with a shape
+        reference: tuple[str, str, FileInfo] | None = None  # (key, file, info) of the first file with a shape
         for key in keys + [k for k in optional_keys if k in entry and k not in keys]:
             value = entry[key]
             paths = value if isinstance(value, (list, tuple)) else [value]
@@ -617,7 +242,7 @@ def check_datalist(
                 try:
                     if key == label_key and allowed is not None:
                         if path not in label_checked:
-                            info, array = _read_label(path)
+                            info, array = read_label(path)
                             if array is not None:
                                 bad = _unexpected_values(array, allowed)
                                 if bad:
@@ -630,14 +255,14 @@ def check_datalist(
                             infos[path] = info
                             label_checked.add(path)
                     elif path not in infos:
-                        infos[path] = _spatial_shape(path)
-                    if reader is None and path.lower().endswith(_ITK_2D_SUFFIXES) and path not in itk_checked:
-                        _read_with_itk(path)
+                        infos[path] = read_image(path)
+                    if reader is None and path.lower().endswith(ITK_2D_SUFFIXES) and path not in itk_checked:
+                        read_with_itk(path)
                         itk_checked.add(path)
-                except _Unreadable as err:
+                except Unreadable as err:
                     raise DataError(f"{what} {err}") from None
                 except OSError as err:  # e.g. permission denied, a folder where a file was expected
-                    raise DataError(f"{what} cannot be read ({_one_line(err)})") from None
+                    raise DataError(f"{what} cannot be read ({one_line(err)})") from None
                 info = infos[path]
                 if key == label_key and info.channels not in (None, 1):
                     raise DataError(f"{what} has {info.channels} channels; a label must hold one channel of classes")
