@@ -118,12 +118,12 @@ class ResumeCheckpoint:
         state = load_weights(self.path, "resume")  # pickled objects: a one-line error, nothing executed
         try:
             Checkpoint.load_objects(to_load={**self.save_dict, "trainer": engine}, checkpoint=state)
-            rngs = _transform_rngs(engine)
-            saved = state.get("transforms", [])
-            if len(saved) != len(rngs):
-                raise ValueError(f"{len(saved)} random transform states for {len(rngs)} random transforms")
-            for rng, random_state in zip(rngs, saved, strict=True):
-                rng.set_state(_unpack(random_state))
+            if "transforms" in state:  # absent from the files of earlier versions: they resume, not bit-exact
+                rngs, saved = _transform_rngs(engine), state["transforms"]
+                if len(saved) != len(rngs):
+                    raise ValueError(f"{len(saved)} random transform states for {len(rngs)} random transforms")
+                for rng, random_state in zip(rngs, saved, strict=True):
+                    rng.set_state(_unpack(random_state))
         except Exception as err:
             raise CheckpointMismatchError(
                 f"resume checkpoint {self.path} does not fit this run ({str(err).splitlines()[0][:200]}); "
