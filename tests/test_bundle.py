@@ -63,6 +63,23 @@ def test_metadata_is_valid_against_the_schema():
         assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "vessel"}
 
 
+def test_version_and_changelog_agree():
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    versions = list(meta["changelog"])
+    assert versions[0] == meta["version"], "the newest changelog entry comes first and is the bundle's version"
+    as_tuples = [tuple(int(p) for p in v.split(".")) for v in versions]
+    assert as_tuples == sorted(as_tuples, reverse=True) and len(set(as_tuples)) == len(as_tuples)
+
+
+def test_monai_verify_net_in_out_passes_with_its_defaults():
+    """MONAI's own check builds network_def and runs it on the metadata's spatial_shape with n=1 (32x32 here)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file"]
+    cmd += ["configs/metadata.json", "--config_file", "configs/inference.json"]
+    proc = subprocess.run(cmd, cwd=REPO / "bundle", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
 def test_configs_follow_bundle_conventions():
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
