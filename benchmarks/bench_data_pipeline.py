@@ -74,7 +74,8 @@ def main() -> None:
         dataset = parser.get_parsed_content("train#dataset")  # writes the synthetic set, fills the cache
         t_cache = time.perf_counter() - start
         start = time.perf_counter()
-        trainer = parser.get_parsed_content("train#trainer")  # with --train-teacher: trains the teacher here
+        parser.get_parsed_content("teacher_stage").ensure()  # with --train-teacher: trains the teacher here
+        trainer = parser.get_parsed_content("train#trainer")
         t_build = time.perf_counter() - start
         loader = parser.get_parsed_content("train#dataloader")
 

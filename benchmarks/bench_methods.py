@@ -1,8 +1,8 @@
 """Cost of one training iteration per distillation method, measured side by side in one process.
 
 Every method is built from ``bundle/configs/train.json`` (+ an optional data overlay) + ``configs/methods/<name>.json``
-exactly as the bundle builds it: the overlay's distillers, weights, loss, optimiser (student + adapters/heads) and
-``method_handlers`` (critic updates, self-teacher), in a ``DistillationTrainer`` that runs on one fixed in-memory
+exactly as the bundle builds it: the overlay's ``distillation`` terms (losses, weights and handlers: critic updates,
+self-teacher), loss and optimiser (student + adapters/heads), in a ``DistillationTrainer`` that runs on one fixed in-memory
 batch. Methods are timed in interleaved rounds so that machine noise hits them alike; the table gives the median
 time per iteration and its ratio to ``none`` (the student alone), and where the iteration goes: the teacher forward,
 the student forward, the distillation terms' forward, the critic update, and the rest (backward, optimiser step,
@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
-from lightvessel_monai.compare import split_methods, split_variant
-from lightvessel_monai.handlers import AdversarialUpdateHandler, HandlerGroup
+from lightvessel_monai.compare import method_config, split_methods, split_variant
+from lightvessel_monai.handlers import AdversarialUpdateHandler
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "bundle" / "configs" / "train.json"
@@ -40,7 +40,7 @@ METHODS = ["none", "kd", "at", "cwd", "skd", "emkd", "dskd", "dskd_kd", "lightve
 def build_trainer(spec: str, data: str | None, batches: list[dict], root: str):
     method, overrides = split_variant(spec)
     parser = ConfigParser()
-    parser.read_config([str(TRAIN)] + ([data] if data else []) + [str(REPO / "configs" / "methods" / f"{method}.json")])
+    parser.read_config([str(TRAIN)] + ([data] if data else []) + [str(p) for p in method_config(method)])
     parser["bundle_root"] = root
     for key, value in overrides.items():
         parser[key] = value
@@ -49,7 +49,6 @@ def build_trainer(spec: str, data: str | None, batches: list[dict], root: str):
     from lightvessel_monai.engines import DistillationTrainer
 
     use_teacher = parser.get_parsed_content("use_teacher")
-    handlers = parser.get_parsed_content("method_handlers")
     trainer = DistillationTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
@@ -60,11 +59,8 @@ def build_trainer(spec: str, data: str | None, batches: list[dict], root: str):
         teacher=parser.get_parsed_content("teacher") if use_teacher else None,
         teacher_taps=parser.get_parsed_content("teacher_taps"),
         student_taps=parser.get_parsed_content("student_taps"),
-        distillers=parser.get_parsed_content("distillers"),
-        distiller_weights=parser.get_parsed_content("distiller_weights"),
-        train_handlers=[HandlerGroup(handlers)],
+        distillation=parser.get_parsed_content("distillation"),
     )
-    trainer.bench_method_handlers = handlers
     for name in ("monai.handlers.StatsHandler", trainer.logger.name):
         logging.getLogger(name).setLevel(logging.WARNING)
     return trainer
@@ -104,7 +100,7 @@ def instrument(trainer) -> PhaseTimer:
     timer.time_module(trainer.network, "student")
     for distiller in trainer.distillers.values():
         timer.time_module(distiller, "terms")
-    for handler in trainer.bench_method_handlers:
+    for handler in (h for term in trainer.terms.values() for h in term.handlers):
         if isinstance(handler, AdversarialUpdateHandler):
             timer.time_call(handler, "step", "critic")
     return timer

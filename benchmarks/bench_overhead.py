@@ -45,9 +45,9 @@ def main() -> None:
     parser.read_config(str(CONFIG))
     parser["device"] = "$torch.device('cpu')"
     teacher, student = build(parser, "teacher_def"), build(parser, "network_def")
-    fsd, asd = build(parser, "fsd"), build(parser, "asd")
+    fsd, asd = build(parser, "lightvessel#fsd#loss"), build(parser, "lightvessel#asd#loss")
     seg_loss, taps = build(parser, "loss"), parser.get_parsed_content("taps")
-    weights = parser.get_parsed_content("distiller_weights")
+    weights = {"fsd": parser.get_parsed_content("fsd_weight"), "asd": parser.get_parsed_content("asd_weight")}
     asd.warmup_iterations = 0
     teacher.eval().requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
@@ -104,9 +104,10 @@ def main() -> None:
         teacher=teacher,
         teacher_taps=taps,
         student_taps=taps,
-        distillers={"fsd": fsd, "asd": asd},
-        distiller_weights=weights,
-        train_handlers=[handler],
+        distillation={
+            "fsd": {"loss": fsd, "weight": weights["fsd"]},
+            "asd": {"loss": asd, "weight": weights["asd"], "handlers": [handler]},
+        },
     )
     trainer_times: list[float] = []
     marks: dict[str, float] = {}

@@ -54,7 +54,6 @@ from lightvessel_monai.utils import (
     atomic_write_text,
     csv_text,
     find_bundle_root,
-    load_state_dict_checked,
     markdown_table,
 )
 
@@ -88,15 +87,27 @@ def split_variant(spec: str) -> tuple[str, dict[str, Any]]:
     return method, overrides
 
 
-def method_config(spec: str, root: str | os.PathLike | None = None) -> Path:
-    """``configs/methods/<name>.json`` of a method or variant spec; an unknown name is a one-line error."""
+def method_config(spec: str, root: str | os.PathLike | None = None) -> list[Path]:
+    """The overlay files of a method or variant spec, base first: ``configs/methods/<name>.json``, preceded by the
+    overlay it names in ``_extends_`` (``dskd_kd`` extends ``dskd``). An unknown name is a one-line error."""
     name, _ = split_variant(spec)
     folder = methods_dir(root)
     path = folder / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in folder.glob("*.json"))
         raise ConfigKeyError(f"--methods: unknown method '{name}' (no {path}); known: {', '.join(known)}")
-    return path
+    files = [path]
+    while True:
+        try:
+            base = json.loads(files[0].read_text()).get("_extends_")
+        except (OSError, ValueError) as err:
+            raise ConfigKeyError(f"--methods: {files[0]} is not a readable JSON overlay ({err})") from None
+        if base is None:
+            return files
+        base_path = folder / str(base)
+        if not base_path.is_file() or base_path in files:
+            raise ConfigKeyError(f"{files[0]}: _extends_ '{base}' is not another overlay in {folder}")
+        files.insert(0, base_path)
 
 
 def parse_value(text: str) -> Any:
@@ -177,8 +188,7 @@ class Comparison:
             parser.get_parsed_content("image_size")
         )
         self.mask_key = parser.get("eval_mask_key", None)
-        teacher = parser.get_parsed_content("teacher")
-        load_state_dict_checked(teacher, self.teacher_checkpoint, what="teacher")
+        teacher = parser.get_parsed_content("teacher")  # the stage loaded the checkpoint into it
         rows, preds = self._evaluate(parser, teacher)
         self.cases = self._case_images(parser)
         result = {
@@ -223,13 +233,13 @@ class Comparison:
 
         ``method`` is a name from ``configs/methods`` or a variant spec ``<name>+KEY=JSON...``.
         """
-        method_file = method_config(method, self.config_root)
+        method_files = method_config(method, self.config_root)
         variant = split_variant(method)[1]
         run_dir = run_folder(self.output_dir, method, seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         settings = {
-            "configs": [str(p) for p in self.base_configs + [method_file]],
-            "method_config": json.loads(method_file.read_text()),
+            "configs": [str(p) for p in self.base_configs + method_files],
+            "method_config": [json.loads(f.read_text()) for f in method_files],
             "overrides": {**self.overrides, **variant},
             "seed": seed,
             "max_epochs": self.max_epochs,
@@ -257,6 +267,7 @@ class Comparison:
         parser = build_parser(settings["configs"], overrides)
         start = time.perf_counter()
         parser.get_parsed_content("initialize")
+        parser.get_parsed_content("teacher_stage").ensure()  # loads the shared teacher; nothing without one
         trainer = parser.get_parsed_content("train#trainer")
         if not self.verbose:  # one line per run instead of one per iteration
             for name in ("monai.handlers.StatsHandler", trainer.logger.name):

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
+from lightvessel_monai.losses.terms import term_losses
 
-__all__ = ["FeatureTaps", "resolve_module", "check_taps", "tap_channels"]
+__all__ = ["FeatureTaps", "InputTap", "resolve_module", "check_taps", "tap_channels"]
 
 
 def resolve_module(network: nn.Module, path: str, what: str = "tap") -> nn.Module:
@@ -37,20 +39,27 @@ def resolve_module(network: nn.Module, path: str, what: str = "tap") -> nn.Modul
 def check_taps(
     network: nn.Module | None,
     taps: Mapping[str, str] | None,
-    distillers: Mapping[str, nn.Module] | None = None,
-    what: str = "student_taps",
+    distillation: Mapping[str, Any] | None = None,
+    side: Literal["student", "teacher"] = "student",
 ) -> None:
-    """Check before any training that every tap path exists and every distiller's required tap is declared."""
+    """Check before any training that every tap path exists and that the ``side`` taps every term needs are declared.
+
+    ``distillation`` is the bundle's ``{name: {"loss": ...}}`` mapping; a term's loss names what it reads in
+    ``required_student_taps`` / ``required_teacher_taps``. Errors are one line and name the config key
+    (``student_taps`` or ``teacher_taps``).
+    """
+    if side not in ("student", "teacher"):
+        raise ValueError(f"side must be 'student' or 'teacher', got {side!r}")
     if network is None:
         return
+    key = f"{side}_taps"
     taps = dict(taps or {})
     for name, path in taps.items():
-        resolve_module(network, path, what=f"{what} '{name}'")
-    attribute = "required_teacher_taps" if what.startswith("teacher") else "required_student_taps"
-    for distiller_name, module in (distillers or {}).items():
-        for tap in getattr(module, attribute, getattr(module, "required_taps", ())):
+        resolve_module(network, path, what=f"{key} '{name}'")
+    for term, loss in term_losses(distillation).items():
+        for tap in getattr(loss, f"required_{side}_taps", ()):
             if tap not in taps:
-                raise ConfigKeyError(f"distiller '{distiller_name}' needs {what} '{tap}', declared: {sorted(taps)}")
+                raise ConfigKeyError(f"distillation term '{term}' needs {key} '{tap}', declared: {sorted(taps)}")
 
 
 def _first_tensor(output: object) -> torch.Tensor:
@@ -60,6 +69,25 @@ def _first_tensor(output: object) -> torch.Tensor:
     if not isinstance(output, torch.Tensor):
         raise TypeError(f"tapped module returned {type(output).__name__}, expected a tensor")
     return output
+
+
+class _TapHook:
+    """The forward hook of one tap: stores the module's output in ``taps.features[name]``.
+
+    A ``copy.deepcopy`` of a tapped network (a self-teacher, a report's copy) copies its hooks too. A copied tap
+    hook is inert: it must not write the copy's activations into the original network's taps.
+    """
+
+    def __init__(self, taps: FeatureTaps | None, name: str) -> None:
+        self.taps = taps
+        self.name = name
+
+    def __call__(self, _module: nn.Module, _inputs: tuple, output: object) -> None:
+        if self.taps is not None:
+            self.taps.features[self.name] = _first_tensor(output)
+
+    def __deepcopy__(self, memo: dict) -> _TapHook:
+        return _TapHook(None, self.name)
 
 
 class FeatureTaps:
@@ -79,13 +107,7 @@ class FeatureTaps:
         self.taps = dict(taps or {})
         self.features: dict[str, torch.Tensor] = {}
         modules = {name: resolve_module(network, path) for name, path in self.taps.items()}
-        self._handles = [module.register_forward_hook(self._hook(name)) for name, module in modules.items()]
-
-    def _hook(self, name: str):
-        def store(_module: nn.Module, _inputs: tuple, output: object) -> None:
-            self.features[name] = _first_tensor(output)
-
-        return store
+        self._handles = [module.register_forward_hook(_TapHook(self, name)) for name, module in modules.items()]
 
     def clear(self) -> None:
         self.features = {}
@@ -97,6 +119,39 @@ class FeatureTaps:
 
     def __len__(self) -> int:
         return len(self.taps)
+
+
+class _InputHook:
+    """Forward pre-hook that keeps the first positional input; a deep copy of it is inert (see :class:`_TapHook`)."""
+
+    def __init__(self, tap: InputTap | None) -> None:
+        self.tap = tap
+
+    def __call__(self, _module: nn.Module, args: tuple) -> None:
+        if self.tap is not None:
+            self.tap.value = args[0] if args else None
+
+    def __deepcopy__(self, memo: dict) -> _InputHook:
+        return _InputHook(None)
+
+
+class InputTap:
+    """The input of ``network``'s latest forward pass, ``(B, C, H, W)`` or ``(B, C, D, H, W)``, read by a pre-hook.
+
+    :meth:`pop` returns it and drops the reference. The distillation trainer runs the teacher on exactly what the
+    student saw, without depending on where the engine keeps the batch.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        self.value: torch.Tensor | None = None
+        self._handle = network.register_forward_pre_hook(_InputHook(self))
+
+    def pop(self) -> torch.Tensor | None:
+        value, self.value = self.value, None
+        return value
+
+    def remove(self) -> None:
+        self._handle.remove()
 
 
 def tap_channels(network: nn.Module, taps: Mapping[str, str] | None, input_shape: Sequence[int]) -> dict[str, int]:

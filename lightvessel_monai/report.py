@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.inferers import Inferer
@@ -15,7 +16,7 @@ from lightvessel_monai.evaluation import cpu_latency_ms, evaluate_cases, mean_ov
 from lightvessel_monai.networks import count_parameters
 from lightvessel_monai.utils import atomic_write_text, csv_text, load_state_dict_checked, markdown_table
 
-__all__ = ["evaluate_dice", "write_report"]
+__all__ = ["evaluate_dice", "write_report", "RunReport"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def evaluate_dice(
 
 def write_report(
     networks: dict[str, nn.Module],
-    checkpoints: dict[str, str],
+    checkpoints: Mapping[str, str | None],
     dataloader: Iterable,
     output_dir: str,
     input_shape: Sequence[int],
@@ -45,12 +46,15 @@ def write_report(
     latency_repeats: int = 10,
     printer: Callable[[str], None] = print,
     mask_key: str | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> list[dict]:
     """Evaluate each network's best checkpoint and write ``report.md`` and ``report.csv`` to ``output_dir``.
 
     Args:
         networks: ``{"teacher": ..., "student": ...}``; they are copied, not modified.
-        checkpoints: the state-dict file of each network.
+        checkpoints: the state-dict file to evaluate for a network; a network without one (the teacher, which the
+            teacher stage has loaded) is evaluated with the weights it holds.
+        sources: where an in-memory network's weights came from, for the ``checkpoint`` column.
         dataloader: validation data (batches with ``image`` and ``label``).
         input_shape: shape of one input for the latency measurement, e.g. ``(1, 1, 512, 512)``.
         mask_key: batch key of a region of interest (the DRIVE field of view); Dice is computed inside it.
@@ -58,14 +62,16 @@ def write_report(
     rows = []
     for name, network in networks.items():
         model = copy.deepcopy(network)
-        load_state_dict_checked(model, checkpoints[name], what=name)
+        checkpoint = checkpoints.get(name)
+        if checkpoint is not None:
+            load_state_dict_checked(model, checkpoint, what=name)
         rows.append(
             {
                 "model": name,
                 "dice": round(evaluate_dice(model, dataloader, device, inferer, num_classes, mask_key), 4),
                 "params": count_parameters(model),
                 "cpu_latency_ms": round(cpu_latency_ms(model, input_shape, repeats=latency_repeats), 1),
-                "checkpoint": checkpoints[name],
+                "checkpoint": checkpoint or (sources or {}).get(name, "in memory"),
             }
         )
     os.makedirs(output_dir, exist_ok=True)
@@ -77,3 +83,33 @@ def write_report(
     atomic_write_text(os.path.join(output_dir, "report.md"), table + "\n")
     printer(table)
     return rows
+
+
+class RunReport:
+    """The last step of the bundle's ``run``: :meth:`write` evaluates the networks and writes the report.
+
+    It holds the arguments of :func:`write_report` (``networks``, ``checkpoints``, ``dataloader``, ``output_dir``,
+    ``input_shape`` and the keyword arguments), so that the config names the report once and ``run`` says when
+    it is written.
+    """
+
+    def __init__(
+        self,
+        networks: dict[str, nn.Module],
+        checkpoints: Mapping[str, str | None],
+        dataloader: Iterable,
+        output_dir: str,
+        input_shape: Sequence[int],
+        **kwargs: Any,
+    ) -> None:
+        self.networks = networks
+        self.checkpoints = checkpoints
+        self.dataloader = dataloader
+        self.output_dir = output_dir
+        self.input_shape = input_shape
+        self.kwargs = kwargs
+
+    def write(self) -> list[dict]:
+        return write_report(
+            self.networks, self.checkpoints, self.dataloader, self.output_dir, self.input_shape, **self.kwargs
+        )

@@ -1,4 +1,5 @@
-"""Two stages, one command: train the teacher when no matching checkpoint is cached, then distil."""
+"""The stages of one training run: pre-flight checks, the teacher (trained when no matching checkpoint is cached,
+then loaded), then distillation. The bundle's ``run`` lists them in order."""
 
 from __future__ import annotations
 
@@ -20,10 +21,20 @@ from monai.data.utils import set_rnd
 from monai.utils import set_determinism
 from torch import nn
 
+from lightvessel_monai.data.checks import count_outside
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
+from lightvessel_monai.features import check_taps
 from lightvessel_monai.utils import atomic_write_text, load_state_dict_checked, read_state_dict
 
-__all__ = ["describe", "teacher_fingerprint", "run_fingerprint", "cached_teacher_path", "TeacherStage"]
+__all__ = [
+    "describe",
+    "teacher_fingerprint",
+    "run_fingerprint",
+    "cached_teacher_path",
+    "load_teacher",
+    "TeacherStage",
+    "Preflight",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +147,25 @@ def cached_teacher_path(teacher_dir: str, fingerprint: str) -> str:
     return os.path.join(teacher_dir, f"teacher_{fingerprint}.pt")
 
 
+def load_teacher(teacher: nn.Module, checkpoint: str | os.PathLike) -> None:
+    """Load a teacher checkpoint (``weights_only=True``) into ``teacher``: the one place the bundle does it, for the
+    teacher stage and for the pre-flight check of an explicit ``teacher_checkpoint``. A missing file or a checkpoint
+    of another architecture is a one-line :class:`~lightvessel_monai.errors.CheckpointMismatchError`."""
+    load_state_dict_checked(teacher, checkpoint, what="teacher")
+
+
 class TeacherStage:
-    """Make sure a trained teacher checkpoint exists before distillation.
+    """Make sure a trained teacher checkpoint exists before distillation, and load it into the teacher.
+
+    :meth:`ensure` is the first step of the bundle's ``run``: it reuses the cached checkpoint or trains the teacher,
+    then loads the checkpoint into ``teacher``. It is the one place where the teacher's weights are loaded.
 
     Args:
         trainer: the teacher's ``SupervisedTrainer`` (only run when needed).
         checkpoint: the teacher checkpoint the distillation will load.
         best_checkpoint: the file the teacher trainer's ``CheckpointSaver`` writes (best validation Dice).
         explicit: ``True`` when the user named ``checkpoint``: it is never retrained, only checked.
-        teacher: the teacher network, used to check an explicit checkpoint's architecture up front.
+        teacher: the teacher network; :meth:`ensure` loads the checkpoint into it.
         evaluator: the teacher's validation evaluator, whose best metric is recorded.
         info: written beside a newly cached checkpoint as JSON, to say what it was trained with.
         seed: when given, the global RNGs (and the random transforms of ``dataset``) are re-seeded after this
@@ -154,6 +175,7 @@ class TeacherStage:
         datalist: the teacher's training and validation entries. The cache key has only their file names, so the
             hash of their bytes is recorded beside a cached teacher and checked on every reuse (through sizes and
             modification times first, bytes on a change): other data under the same names trains a new teacher.
+        enabled: ``False`` for a method without a teacher (``use_teacher`` false): :meth:`ensure` does nothing.
     """
 
     def __init__(
@@ -168,7 +190,9 @@ class TeacherStage:
         seed: int | None = None,
         dataset: Any = None,
         datalist: Sequence[Mapping] | None = None,
+        enabled: bool = True,
     ) -> None:
+        self.enabled = enabled
         self.trainer = trainer
         self.checkpoint = checkpoint
         self.best_checkpoint = best_checkpoint
@@ -180,21 +204,28 @@ class TeacherStage:
         self.dataset = dataset
         self.datalist = datalist
 
-    def ensure(self, force: bool = False) -> str:
-        """Return the teacher checkpoint path, training the teacher first if it is not cached (or ``force``)."""
+    def ensure(self, force: bool = False) -> str | None:
+        """Return the teacher checkpoint path, training the teacher first if it is not cached (or ``force``), and
+        load it into ``teacher``; ``None`` (and nothing done) when the stage is disabled."""
+        if not self.enabled:
+            return None
         path = self._ensure(force)
+        self.load()
         if self.seed is not None:
             set_determinism(seed=self.seed)
             if self.dataset is not None:
                 set_rnd(self.dataset, seed=self.seed)
         return path
 
+    def load(self) -> None:
+        """Load the checkpoint into ``teacher`` (a one-line error for a missing file or another architecture)."""
+        if self.teacher is not None:
+            load_teacher(self.teacher, self.checkpoint)
+
     def _ensure(self, force: bool) -> str:
         if self.explicit and force:
             raise ConfigKeyError("teacher_checkpoint is set explicitly: it is never retrained (unset it to train)")
         if self.explicit:
-            if self.teacher is not None:
-                load_state_dict_checked(self.teacher, self.checkpoint, what="teacher")
             logger.info(f"using the teacher checkpoint {self.checkpoint}")
             return self.checkpoint
         if not force and self._usable_cache():
@@ -269,3 +300,52 @@ class TeacherStage:
             f"cached teacher {self.checkpoint} was trained on other data under the same file names: retraining it"
         )
         return False
+
+
+class Preflight:
+    """The bundle's pre-flight step: everything that can be wrong with a run is found before anything trains.
+
+    :meth:`check` (one entry of ``initialize``) reads and checks the datalists (every file exists and reads, shapes
+    and label values agree: :func:`lightvessel_monai.data.checks.check_datalist` runs when ``train#datalist`` and
+    ``validate#datalist`` resolve), says how many entries are read from outside ``dataset_dir``, checks every
+    tap path and that each distillation term's taps are declared, and loads an explicitly given teacher
+    checkpoint into the teacher to check its architecture. It builds no trainer and writes nothing.
+
+    Args:
+        datalists: ``{split: checked datalist}``.
+        dataset_dir: the configured data folder (entries outside it are counted, not refused).
+        network, student_taps: the student and its taps.
+        teacher, teacher_taps: the teacher and its taps.
+        distillation: the ``{name: {"loss", "weight", "handlers"}}`` mapping of the method.
+        teacher_checkpoint: the explicit ``teacher_checkpoint``, or ``None`` (the teacher stage trains or reuses one).
+        use_teacher: ``False`` for a method without a teacher: its taps and checkpoint are not checked.
+    """
+
+    def __init__(
+        self,
+        datalists: Mapping[str, Sequence[Mapping]],
+        dataset_dir: str,
+        network: nn.Module,
+        student_taps: Mapping[str, str] | None = None,
+        teacher: nn.Module | None = None,
+        teacher_taps: Mapping[str, str] | None = None,
+        distillation: Mapping[str, Any] | None = None,
+        teacher_checkpoint: str | None = None,
+        use_teacher: bool = True,
+    ) -> None:
+        self.datalists = datalists
+        self.dataset_dir = dataset_dir
+        self.network = network
+        self.student_taps = student_taps
+        self.teacher = teacher
+        self.teacher_taps = teacher_taps
+        self.distillation = distillation
+        self.teacher_checkpoint = teacher_checkpoint
+        self.use_teacher = use_teacher
+
+    def check(self) -> None:
+        count_outside([entry for entries in self.datalists.values() for entry in entries], self.dataset_dir)
+        check_taps(self.network, self.student_taps, self.distillation, side="student")
+        check_taps(self.teacher, self.teacher_taps, self.distillation, side="teacher")
+        if self.use_teacher and self.teacher is not None and self.teacher_checkpoint:
+            load_teacher(self.teacher, self.teacher_checkpoint)

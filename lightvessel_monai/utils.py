@@ -136,17 +136,20 @@ def find_bundle_root(default: str = ".") -> str:
 def training_state(
     network: nn.Module,
     optimizer: torch.optim.Optimizer,
-    distillers: Mapping[str, nn.Module] | None = None,
-    handlers: Sequence[Any] = (),
+    distillation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``save_dict`` of a resumable distillation run.
 
-    It holds the student, its optimiser, every distiller (adapters, side heads, critics, self-teachers) and
-    every method handler that has a ``state_dict`` (a critic's optimiser, a self-teacher's schedule).
+    It holds the student, its optimiser, every term's loss module (adapters, side heads, critics, self-teachers)
+    and every term handler that has a ``state_dict`` (a critic's optimiser, a self-teacher's schedule).
     """
+    from lightvessel_monai.losses.terms import parse_terms  # utils is imported by the losses
+
+    terms = parse_terms(distillation)
     state: dict[str, Any] = {"network": network, "optimizer": optimizer}
-    if distillers:
-        state["distillers"] = nn.ModuleDict(dict(distillers))
+    if terms:
+        state["distillers"] = nn.ModuleDict({name: term.loss for name, term in terms.items()})
+    handlers = [h for term in terms.values() for h in term.handlers]
     for index, handler in enumerate(handlers):
         if callable(getattr(handler, "state_dict", None)) and callable(getattr(handler, "load_state_dict", None)):
             state[f"handler_{index}_{type(handler).__name__}"] = handler

@@ -16,13 +16,15 @@ from lightvessel_monai.handlers import AdversarialUpdateHandler
 from lightvessel_monai.losses import (
     AttentionTransfer,
     ChannelWiseDistillation,
+    DistillationInputs,
     HolisticDistillation,
     KnowledgeDistillation,
     PairwiseDistillation,
     attention_transfer_loss,
     channel_wise_divergence,
+    parse_terms,
+    student_parameters,
 )
-from lightvessel_monai.losses.base import DistillationInputs, student_parameters
 from lightvessel_monai.networks import SimilarityDiscriminator
 
 from conftest import KL_HAND, REPO
@@ -180,7 +182,7 @@ def test_cwd_adapter_resize_and_gradients(spatial_dims):
     # the adapter trains with the student
     assert {id(p) for p in cwd.trainable_parameters()} == {id(p) for p in adapter.parameters()}
     net = nn.Conv2d(1, 1, 1)
-    assert len(student_parameters(net, {"cwd": cwd})) == 2 + 2
+    assert len(student_parameters(net, {"cwd": {"loss": cwd}})) == 2 + 2
 
 
 def test_cwd_errors():
@@ -300,7 +302,7 @@ def build_overlay(method: str, spatial_dims: int, tmp_path) -> tuple[ConfigParse
     """Parse train.json (+ the 3D data overlay) + a method overlay and run one forward pass of both networks
     on a random patch.
 
-    Only the parts the trainer needs are built (distillers, loss, optimiser, handlers): no dataset, no training.
+    Only the parts the trainer needs are built (terms, loss, optimiser, handlers): no dataset, no training.
     """
     files = [TRAIN] + ([DATA_3D] if spatial_dims == 3 else []) + [str(REPO / "configs" / "methods" / f"{method}.json")]
     parser = ConfigParser()
@@ -312,9 +314,9 @@ def build_overlay(method: str, spatial_dims: int, tmp_path) -> tuple[ConfigParse
     parser["patch_size"] = SMALL_PATCH[spatial_dims]
     network, teacher = parser.get_parsed_content("network"), parser.get_parsed_content("teacher")
     student_taps, teacher_taps = parser.get_parsed_content("student_taps"), parser.get_parsed_content("teacher_taps")
-    distillers = parser.get_parsed_content("distillers")
-    check_taps(network, student_taps, distillers, "student_taps")
-    check_taps(teacher, teacher_taps, distillers, "teacher_taps")
+    terms = parse_terms(parser.get_parsed_content("distillation"))
+    check_taps(network, student_taps, parser.get_parsed_content("distillation"), side="student")
+    check_taps(teacher, teacher_taps, parser.get_parsed_content("distillation"), side="teacher")
     s_taps, t_taps = FeatureTaps(network, student_taps), FeatureTaps(teacher, teacher_taps)
     image = torch.randn(1, parser["in_channels"], *parser["patch_size"])
     label = (image > 0.5).float()
@@ -330,17 +332,17 @@ def build_overlay(method: str, spatial_dims: int, tmp_path) -> tuple[ConfigParse
         teacher_features=t_taps.features,
         iteration=1,
     )
-    return parser, distillers, inputs
+    return parser, terms, inputs
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("method", ["kd", "at", "cwd", "skd", "emkd"])
 def test_overlay_builds_and_runs(method, spatial_dims, tmp_path):
-    parser, distillers, inputs = build_overlay(method, spatial_dims, tmp_path)
-    weights = parser.get_parsed_content("distiller_weights")
-    assert set(weights) == set(distillers) and all(n.startswith(method) for n in distillers)
+    parser, terms, inputs = build_overlay(method, spatial_dims, tmp_path)
+    distillers = {name: term.loss for name, term in terms.items()}
+    assert terms and all(n.startswith(method) for n in terms)
     assert parser.get_parsed_content("use_teacher") is True
-    total = sum(weights[name] * distillers[name](inputs) for name in distillers)
+    total = sum(term.weight * term.loss(inputs) for term in terms.values())
     assert torch.isfinite(total)
     total.backward()
     # the student optimiser holds the network and every adapter; every adapter got a gradient
@@ -349,8 +351,9 @@ def test_overlay_builds_and_runs(method, spatial_dims, tmp_path):
     for distiller in distillers.values():
         for p in distiller.trainable_parameters():
             assert id(p) in in_optimizer and p.grad is not None
-    handlers = parser.get_parsed_content("method_handlers")
+    handlers = [h for term in terms.values() for h in term.handlers]
     if method == "skd":
+        assert terms["skd_holistic"].handlers == handlers
         assert len(handlers) == 1 and isinstance(handlers[0], AdversarialUpdateHandler)
         assert handlers[0].adversarial is distillers["skd_holistic"]
         critic_params = {id(p) for p in handlers[0].optimizer.param_groups[0]["params"]}

@@ -17,6 +17,7 @@ from lightvessel_monai.losses import (
     DeepDistributionLoss,
     DistillationInputs,
     PixelwiseSelfDistillation,
+    parse_terms,
     patch_distribution,
     patch_distribution_kl,
     student_parameters,
@@ -152,7 +153,7 @@ def test_psdl_zero_for_identical_self_teacher_and_gradients_reach_student_and_he
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ddl.side_heads.parameters())
     assert all(p.grad is None and not p.requires_grad for p in self_teacher.parameters())
 
-    params = student_parameters(student, {"ddl": ddl, "psdl": psdl})
+    params = student_parameters(student, {"ddl": {"loss": ddl}, "psdl": {"loss": psdl}})
     ids = {id(p) for p in params}
     assert all(id(p) in ids for p in ddl.side_heads.parameters())
     assert not any(id(p) in ids for p in self_teacher.parameters())
@@ -263,26 +264,27 @@ OVERLAYS = [
 def test_overlays_parse_and_run_each_distiller_once(tmp_path, data, method, patch_size):
     files = [str(REPO / "bundle" / "configs" / "train.json")] + [str(REPO / d) for d in data]
     parser = ConfigParser()
-    parser.read_config(files + [str(REPO / "configs" / "methods" / f"{method}.json")])
+    overlays = ["dskd", "dskd_kd"] if method == "dskd_kd" else [method]  # dskd_kd extends dskd: listed after it
+    parser.read_config(files + [str(REPO / "configs" / "methods" / f"{m}.json") for m in overlays])
     parser["bundle_root"] = str(tmp_path)
     parser["patch_size"] = patch_size  # a tiny input
-    distillers = parser.get_parsed_content("distillers")
+    distillation = parser.get_parsed_content("distillation")
+    distillers = {name: term.loss for name, term in parse_terms(distillation).items()}
     network = parser.get_parsed_content("network")
     use_teacher = parser.get_parsed_content("use_teacher")
     expected = {"dskd_ddl", "dskd_psdl"} | ({"dskd_kd"} if method == "dskd_kd" else set())
     assert set(distillers) == expected and use_teacher == (method == "dskd_kd")
-    assert set(parser.get_parsed_content("distiller_weights")) == expected
     levels = ("dec1", "dec2") if data else ("dec1", "dec2", "dec3", "dec4")
     assert distillers["dskd_ddl"].side_heads.taps == levels
 
     student_taps = parser.get_parsed_content("student_taps")
-    check_taps(network, student_taps, distillers, "student_taps")
+    check_taps(network, student_taps, distillation, side="student")
     if use_teacher:
-        check_taps(
-            parser.get_parsed_content("teacher"), parser.get_parsed_content("teacher_taps"), distillers, "teacher_taps"
-        )
-    handlers = parser.get_parsed_content("method_handlers")
+        teacher, teacher_taps = parser.get_parsed_content("teacher"), parser.get_parsed_content("teacher_taps")
+        check_taps(teacher, teacher_taps, distillation, side="teacher")
+    handlers = [h for term in parse_terms(distillation).values() for h in term.handlers]
     assert len(handlers) == 1 and isinstance(handlers[0], SelfTeacherHandler)
+    assert distillation["dskd_psdl"]["handlers"] == handlers
     self_teacher = distillers["dskd_psdl"].self_teacher
     assert handlers[0].self_teacher is self_teacher and handlers[0].network is network
     params = {id(p) for p in parser.get_parsed_content("optimizer").param_groups[0]["params"]}
@@ -312,8 +314,11 @@ def test_trainer_run_updates_the_self_teacher_and_logs_each_term():
             p.add_(1.0)  # must be replaced by the student at STARTED
     ddl = DeepDistributionLoss(["dec1", "dec2"], tap_channels(student, TAPS, [1, 1, 32, 32]), 2, 2, patch_size=8)
     psdl = PixelwiseSelfDistillation(self_teacher)
-    distillers = {"dskd_ddl": ddl, "dskd_psdl": psdl}
     handler = SelfTeacherHandler(student, self_teacher, mode="ema", decay=0.5)
+    distillation = {
+        "dskd_ddl": {"loss": ddl, "weight": 0.5},
+        "dskd_psdl": {"loss": psdl, "weight": 2.0, "handlers": [handler]},
+    }
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(2, 1, 32, 32, generator=g) for _ in range(2)]
     trainer = DistillationTrainer(
@@ -321,13 +326,11 @@ def test_trainer_run_updates_the_self_teacher_and_logs_each_term():
         max_epochs=1,
         train_data_loader=[{"image": im, "label": (im > 0.7).float()} for im in images],
         network=student,
-        optimizer=torch.optim.Adam(student_parameters(student, distillers), lr=1e-2),
+        optimizer=torch.optim.Adam(student_parameters(student, distillation), lr=1e-2),
         loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
         teacher=None,
         student_taps=TAPS,
-        distillers=distillers,
-        distiller_weights={"dskd_ddl": 0.5, "dskd_psdl": 2.0},
-        train_handlers=[handler],
+        distillation=distillation,
     )
     states = [{k: v.clone() for k, v in student.state_dict().items()}]
     heads_before = [p.detach().clone() for p in ddl.parameters()]
@@ -366,7 +369,8 @@ def test_bundle_resume_checkpoint_continues_the_same_self_teacher(tmp_path):
         handler = SelfTeacherHandler(student, self_teacher, mode="ema", decay=0.5)
         psdl = PixelwiseSelfDistillation(self_teacher)
         optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
-        resume = ResumeCheckpoint(str(tmp_path), training_state(student, optimizer, {"dskd_psdl": psdl}, [handler]))
+        terms = {"dskd_psdl": {"loss": psdl, "handlers": [handler]}}
+        resume = ResumeCheckpoint(str(tmp_path), training_state(student, optimizer, terms))
         return student, self_teacher, handler, resume
 
     student, self_teacher, handler, resume = build()

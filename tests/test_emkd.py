@@ -11,7 +11,7 @@ from monai.losses import DiceCELoss, DiceFocalLoss
 
 from lightvessel_monai.compare import build_parser, split_variant
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.losses import AttentionTransfer, KnowledgeDistillation
+from lightvessel_monai.losses import AttentionTransfer, KnowledgeDistillation, parse_terms
 from lightvessel_monai.losses.emkd import (
     ImportanceMapDistillation,
     PredictionMapDistillation,
@@ -228,9 +228,9 @@ def test_emkd_overlay_terms_and_losses(spatial_dims, tmp_path):
     parser = build_parser(files, {"bundle_root": str(tmp_path)})
     loss = parser.get_parsed_content("loss")
     assert isinstance(loss, DiceCELoss) and not isinstance(loss, DiceFocalLoss)
-    weights = parser.get_parsed_content("distiller_weights")
-    assert weights == {"emkd_pmd": 0.1, "emkd_imd": 0.9, "emkd_rad": 0.9}
-    distillers = parser.get_parsed_content("distillers")
+    terms = parse_terms(parser.get_parsed_content("distillation"))
+    assert {name: term.weight for name, term in terms.items()} == {"emkd_pmd": 0.1, "emkd_imd": 0.9, "emkd_rad": 0.9}
+    distillers = {name: term.loss for name, term in terms.items()}
     assert distillers["emkd_imd"].pairs == [("enc1", "enc1"), ("enc2", "enc2")] and distillers["emkd_imd"].p == 4.0
     assert distillers["emkd_rad"].num_classes == parser["num_classes"]
 

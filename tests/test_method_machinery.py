@@ -10,7 +10,6 @@ from torch import nn
 from lightvessel_monai.evaluation import count_flops, evaluate_cases, mean_over_cases, summarise
 from lightvessel_monai.features import tap_channels
 from lightvessel_monai.figures import error_overlay
-from lightvessel_monai.handlers import HandlerGroup
 from lightvessel_monai.losses import ChannelWiseDistillation, Distiller, student_parameters
 from lightvessel_monai.utils import training_state
 
@@ -30,7 +29,7 @@ class WithCritic(Distiller):
 def test_student_parameters_add_adapters_but_not_external_or_frozen_modules():
     net = tiny_unet(2)
     distiller = WithCritic()
-    params = student_parameters(net, {"a": distiller, "again": distiller})
+    params = student_parameters(net, {"a": {"loss": distiller}, "again": {"loss": distiller}})
     ids = {id(p) for p in params}
     assert len(params) == len(ids)  # no duplicates, even for a distiller listed twice
     assert all(id(p) in ids for p in net.parameters())
@@ -51,23 +50,9 @@ def test_tap_channels_reads_the_channel_count_of_each_tap_and_restores_train_mod
     assert not any(m._forward_hooks for m in net.modules())  # the probe's hooks are removed
 
 
-class Recorder:
-    def __init__(self, log, name):
-        self.log, self.name = log, name
-
+class Attachable:
     def attach(self, engine):
-        self.log.append((self.name, engine))
-
-
-def test_handler_group_attaches_every_handler_in_order():
-    log = []
-    engine = object()
-    HandlerGroup([Recorder(log, "first"), Recorder(log, "second")]).attach(engine)
-    assert log == [("first", engine), ("second", engine)]
-    HandlerGroup([]).attach(engine)
-    assert len(log) == 2
-    with pytest.raises(TypeError, match="attach"):
-        HandlerGroup([object()])
+        pass
 
 
 class Stateful:
@@ -84,8 +69,9 @@ class Stateful:
 def test_training_state_holds_distillers_and_stateful_handlers():
     net = tiny_unet(2)
     cwd = ChannelWiseDistillation(pairs=["dec1"], student_channels={"dec1": 4}, teacher_channels={"dec1": 6})
-    opt = torch.optim.SGD(student_parameters(net, {"cwd": cwd}), lr=0.1)
-    state = training_state(net, opt, {"cwd": cwd}, [Stateful(), Recorder([], "x")])
+    terms = {"cwd": {"loss": cwd, "handlers": [Stateful()]}, "kd": {"loss": nn.Identity(), "handlers": [Attachable()]}}
+    opt = torch.optim.SGD(student_parameters(net, terms), lr=0.1)
+    state = training_state(net, opt, terms)
     assert state["network"] is net and state["optimizer"] is opt
     assert set(state) == {"network", "optimizer", "distillers", "handler_0_Stateful"}
     saved = state["distillers"].state_dict()

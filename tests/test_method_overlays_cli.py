@@ -9,6 +9,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from lightvessel_monai.compare import method_config
+
 from conftest import REPO
 from test_bundle import CONFIGS, run_bundle
 
@@ -28,15 +30,18 @@ def test_every_method_overlay_is_listed():
 @pytest.mark.integration
 @pytest.mark.parametrize("method", METHODS)
 def test_method_overlay_runs_through_the_command_line(method, shared_root, tmp_path):
-    overlay = REPO / "configs" / "methods" / f"{method}.json"
+    overlays = [str(p) for p in method_config(method)]  # dskd_kd: dskd.json, then dskd_kd.json
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.json"), str(overlay)])
-    terms = sorted(parser["distillers"])
+    parser.read_config([str(CONFIGS / "train.json"), *overlays])
+    distillation = parser["distillation"]
+    if isinstance(distillation, str):  # lightvessel selects the bundle's default: "@lightvessel"
+        distillation = parser[distillation.lstrip("@")]
+    terms = sorted(distillation)
     uses_teacher = parser.get_parsed_content("use_teacher")
     run = tmp_path / "run"
     proc = run_bundle(
         "training",
-        ["train.json", str(overlay)],
+        ["train.json", *overlays],
         shared_root,
         extra={
             "max_epochs": 1,

@@ -60,3 +60,60 @@ def test_two_concurrent_runs_train_the_teacher_once(tmp_path):
     cached = torch.load(checkpoint, weights_only=True)
     assert all(torch.equal(cached[k], expected[k]) for k in expected)
     assert not list(tmp_path.glob("*.tmp")), "no temporary file is left behind"
+
+
+class _Recorder:
+    """A teacher trainer that writes a known state dict as its best checkpoint, and counts its runs."""
+
+    def __init__(self, best, source):
+        self.best, self.source, self.runs = best, source, 0
+
+    def run(self):
+        self.runs += 1
+        torch.save(self.source.state_dict(), self.best)
+
+
+def test_the_stage_loads_the_checkpoint_into_the_teacher_once_trained_or_cached(tmp_path):
+    from lightvessel_monai.stages import TeacherStage
+
+    torch.manual_seed(5)
+    source, teacher = torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(1, 2, 3)
+    trainer = _Recorder(str(tmp_path / "best.pt"), source)
+    stage = TeacherStage(trainer, str(tmp_path / "teacher.pt"), trainer.best, teacher=teacher)
+    assert stage.ensure() == str(tmp_path / "teacher.pt") and trainer.runs == 1
+    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), teacher.parameters(), strict=True))
+    with torch.no_grad():  # a later run starts from other weights and reuses the cache without training
+        teacher.weight.zero_()
+    assert stage.ensure() == str(tmp_path / "teacher.pt") and trainer.runs == 1
+    assert torch.equal(teacher.weight, source.weight)
+
+
+def test_an_explicit_checkpoint_of_another_architecture_fails_in_preflight(tmp_path):
+    from lightvessel_monai.errors import CheckpointMismatchError
+    from lightvessel_monai.stages import Preflight
+
+    path = tmp_path / "teacher.pt"
+    torch.save(torch.nn.Conv2d(1, 4, 3).state_dict(), path)
+    teacher = torch.nn.Conv2d(1, 2, 3)
+    preflight = Preflight({}, str(tmp_path), torch.nn.Conv2d(1, 2, 3), teacher=teacher, teacher_checkpoint=str(path))
+    try:
+        preflight.check()
+    except CheckpointMismatchError as err:
+        assert str(path) in str(err) and "shape mismatches" in str(err) and "\n" not in str(err)
+    else:
+        raise AssertionError("a checkpoint of another shape was accepted")
+    Preflight(
+        {}, str(tmp_path), torch.nn.Conv2d(1, 2, 3), teacher=teacher, teacher_checkpoint=str(path), use_teacher=False
+    ).check()
+
+
+def test_a_disabled_stage_neither_trains_nor_loads_nor_reseeds(tmp_path):
+    from lightvessel_monai.stages import TeacherStage
+
+    trainer = _Recorder(str(tmp_path / "best.pt"), torch.nn.Conv2d(1, 2, 3))
+    stage = TeacherStage(trainer, str(tmp_path / "teacher.pt"), trainer.best, seed=0, enabled=False)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    assert stage.ensure() is None and trainer.runs == 0 and not (tmp_path / "teacher.pt").exists()
+    assert torch.equal(torch.rand(3), expected)  # no set_determinism: a run without teacher keeps its random stream

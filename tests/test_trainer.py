@@ -7,13 +7,14 @@ from ignite.engine import Events
 from monai.losses import DiceCELoss
 
 from lightvessel_monai.engines import DistillationTrainer
-from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
-from lightvessel_monai.features import FeatureTaps
+from lightvessel_monai.errors import ConfigKeyError
+from lightvessel_monai.features import FeatureTaps, check_taps
 from lightvessel_monai.handlers import AdversarialUpdateHandler, ResumeCheckpoint
 from lightvessel_monai.losses import (
     AdversarialSimilarityDistillation,
     DistillationInputs,
     FeatureSimilarityDistillation,
+    parse_terms,
 )
 from lightvessel_monai.networks import SimilarityDiscriminator
 
@@ -32,8 +33,9 @@ def batches(spatial_dims: int, n: int = 3, size: int = 32):
 
 
 def make_trainer(
-    spatial_dims, max_epochs=1, handlers=(), teacher_checkpoint=None, student_taps=TAPS, seed=0, term_grad_interval=0
+    spatial_dims, max_epochs=1, handlers=(), critic=False, student_taps=TAPS, seed=0, term_grad_interval=0
 ):
+    """A LightVessel trainer on tiny networks; ``critic`` puts ASD's critic update in the asd term's handlers."""
     torch.manual_seed(0)  # the teacher is the same in every call, as if loaded from its checkpoint
     teacher = tiny_unet(spatial_dims, features=(8, 8, 16, 16, 32, 8))
     torch.manual_seed(seed)
@@ -44,6 +46,9 @@ def make_trainer(
     opt = torch.optim.Adam(student.parameters(), lr=1e-2)
     d_opt = torch.optim.Adam(disc.parameters(), lr=1e-3)
     handler_objs = [h(asd, d_opt, student, opt) for h in handlers]
+    asd_term = {"loss": asd, "weight": 0.5}
+    if critic:
+        asd_term["handlers"] = [AdversarialUpdateHandler(asd, d_opt)]
     trainer = DistillationTrainer(
         device="cpu",
         max_epochs=max_epochs,
@@ -52,24 +57,18 @@ def make_trainer(
         optimizer=opt,
         loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
         teacher=teacher,
-        teacher_checkpoint=teacher_checkpoint,
         teacher_taps=TAPS,
         student_taps=student_taps,
-        distillers={"fsd": fsd, "asd": asd},
-        distiller_weights={"fsd": 2.0, "asd": 0.5},
+        distillation={"fsd": {"loss": fsd, "weight": 2.0}, "asd": asd_term},
         train_handlers=handler_objs,
         term_grad_interval=term_grad_interval,
     )
     return trainer, teacher, student, disc
 
 
-def adversarial_handler(asd, d_opt, student, opt):
-    return AdversarialUpdateHandler(asd, d_opt)
-
-
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_distillation_step(spatial_dims):
-    trainer, teacher, student, disc = make_trainer(spatial_dims, handlers=[adversarial_handler])
+    trainer, teacher, student, disc = make_trainer(spatial_dims, critic=True)
     t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     s_before = {k: v.clone() for k, v in student.state_dict().items()}
     d_before = {k: v.clone() for k, v in disc.state_dict().items()}
@@ -85,14 +84,13 @@ def test_distillation_step(spatial_dims):
     assert all(torch.equal(t_before[k], v) for k, v in teacher.state_dict().items())
     assert any(not torch.equal(s_before[k], v) for k, v in student.state_dict().items())
     assert any(not torch.equal(d_before[k], v) for k, v in disc.state_dict().items())
-    assert trainer.state.distill["teacher_pred"].shape == out["pred"].shape
+    assert trainer.terms["asd"].handlers[0].last_loss == out["loss_disc"]
 
 
 def test_gradients_reach_only_the_student():
     trainer, teacher, student, disc = make_trainer(2)
     batch = batches(2)[0]
-    trainer.state.output = {"image": batch["image"]}
-    trainer.state.iteration = 1
+    trainer.state.iteration, trainer.state.output = 1, {}
     loss = trainer._distillation_loss(student(batch["image"]), batch["label"])
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -100,31 +98,87 @@ def test_gradients_reach_only_the_student():
     assert all(p.grad is not None for p in student.parameters())
 
 
-def test_teacher_checkpoint_of_another_architecture(tmp_path):
-    wrong = tiny_unet(2, features=(4, 4, 4, 4, 4, 4))
-    path = tmp_path / "teacher.pt"
-    torch.save(wrong.state_dict(), path)
-    with pytest.raises(CheckpointMismatchError) as err:
-        make_trainer(2, teacher_checkpoint=str(path))
-    assert str(path) in str(err.value) and "shape mismatches" in str(err.value)
+def test_the_teacher_sees_exactly_the_student_input():
+    trainer, teacher, student, _ = make_trainer(2)
+    seen = []
+    teacher.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    batch = batches(2)[0]
+    image = batch["image"] * 0.5
+    trainer.state.iteration, trainer.state.output = 1, {}
+    trainer._distillation_loss(student(image), batch["label"])
+    assert len(seen) == 1 and seen[0] is image
+    with pytest.raises(RuntimeError, match="without a student forward"):  # the input is used once, then dropped
+        trainer._distillation_loss(torch.zeros(2, 2, 32, 32), batch["label"])
+
+
+def test_a_copy_of_the_student_does_not_feed_the_trainer():
+    """Deep copies (the self-teacher, the report's copy) carry inert copies of the trainer's hooks."""
+    trainer, _, student, _ = make_trainer(2)
+    clone = copy.deepcopy(student)
+    clone(torch.rand(1, 1, 32, 32))
+    assert trainer.student_input.value is None and trainer.student_taps.features == {}
+    student(torch.rand(1, 1, 32, 32))
+    assert trainer.student_input.value is not None and set(trainer.student_taps.features) == set(TAPS)
+
+
+def test_the_critic_handler_is_attached_once_and_steps_once_per_iteration():
+    trainer, _, _, _ = make_trainer(2, max_epochs=2, critic=True)
+    handler = trainer.terms["asd"].handlers[0]
+    steps = []
+    original = handler.step
+    handler.step = lambda real, fake: steps.append(trainer.state.iteration) or original(real, fake)
+    trainer.run()
+    assert steps == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(ConfigKeyError, match="attached twice"):
+        handler.attach(trainer)
+
+
+def test_the_critic_handler_refuses_to_be_attached_outside_its_term():
+    trainer, _, _, disc = make_trainer(2)
+    asd = trainer.terms["asd"].loss
+    stray = AdversarialUpdateHandler(asd, torch.optim.Adam(disc.parameters()))
+    with pytest.raises(ConfigKeyError, match="belongs in its term's 'handlers'"):
+        stray.attach(trainer)
+
+
+@pytest.mark.parametrize(
+    "distillation,match",
+    [
+        ({"fsd": {"loss": "FSD", "weight": 1.0}}, "'distillation#fsd#loss' must be a distillation loss"),
+        ({"fsd": {"weight": 1.0}}, "'distillation#fsd' has no 'loss'"),
+        ({"fsd": {"loss": None, "wieght": 1.0}}, "'distillation#fsd' has unknown key"),
+        ({"fsd": {"loss": torch.nn.Identity(), "weight": float("nan")}}, "'distillation#fsd#weight' must be a finite"),
+        ({"fsd": [1]}, "'distillation#fsd' must be a mapping"),
+        ({"fsd": {"loss": torch.nn.Identity(), "handlers": [object()]}}, "has no attach"),
+    ],
+)
+def test_a_malformed_term_is_a_one_line_error(distillation, match):
+    with pytest.raises(ConfigKeyError, match=match) as err:
+        parse_terms(distillation)
     assert "\n" not in str(err.value)
 
 
-def test_teacher_checkpoint_roundtrip(tmp_path):
-    torch.manual_seed(5)
-    source = tiny_unet(2, features=(8, 8, 16, 16, 32, 8))
-    path = tmp_path / "teacher.pt"
-    torch.save(source.state_dict(), path)
-    _, teacher, _, _ = make_trainer(2, teacher_checkpoint=str(path))
-    for a, b in zip(source.parameters(), teacher.parameters(), strict=True):
-        torch.testing.assert_close(a, b)
+def test_one_handler_in_two_terms_is_refused():
+    handler = AdversarialUpdateHandler(AdversarialSimilarityDistillation(SimilarityDiscriminator(2, 2, (4,))), None)
+    terms = {
+        "a": {"loss": torch.nn.Identity(), "handlers": [handler]},
+        "b": {"loss": torch.nn.Identity(), "handlers": [handler]},
+    }
+    with pytest.raises(ConfigKeyError, match="'distillation#b#handlers#0' is the handler already listed by"):
+        parse_terms(terms)
 
 
-def test_bad_tap_path_and_missing_tap():
+def test_taps_are_checked_against_each_term():
+    _, teacher, student, _ = make_trainer(2)
+    fsd = FeatureSimilarityDistillation([["enc1", "dec1"], ["enc2", "dec2"]])
+    terms = {"fsd": {"loss": fsd}}
     with pytest.raises(ConfigKeyError, match="'down_9' does not exist"):
-        make_trainer(2, student_taps={**TAPS, "enc2": "down_9"})
-    with pytest.raises(ConfigKeyError, match="needs student_taps 'enc2'"):
-        make_trainer(2, student_taps={"enc1": "conv_0", "dec1": "upcat_1", "dec2": "upcat_2"})
+        check_taps(student, {**TAPS, "enc2": "down_9"}, terms, side="student")
+    with pytest.raises(ConfigKeyError, match="term 'fsd' needs student_taps 'enc2'"):
+        check_taps(student, {"enc1": "conv_0", "dec1": "upcat_1", "dec2": "upcat_2"}, terms, side="student")
+    with pytest.raises(ConfigKeyError, match="term 'fsd' needs teacher_taps 'dec2'"):
+        check_taps(teacher, {"enc1": "conv_0", "dec1": "upcat_1", "enc2": "down_1"}, terms, side="teacher")
+    check_taps(teacher, TAPS, terms, side="teacher")
 
 
 class Killed(Exception):
@@ -176,7 +230,7 @@ def _separate_backward_norms(trainer, teacher, student, batch):
         batch["image"], batch["label"], pred, teacher_pred, s_taps.features, t_taps.features, iteration=1
     )
     terms = {"seg": trainer.seg_loss(pred, batch["label"])}
-    terms |= {name: trainer.distiller_weights[name] * d(inputs) for name, d in trainer.distillers.items()}
+    terms |= {name: term.weight * term.loss(inputs) for name, term in trainer.terms.items()}
     norms = {}
     for name, value in terms.items():
         student.zero_grad(set_to_none=True)
@@ -187,7 +241,7 @@ def _separate_backward_norms(trainer, teacher, student, batch):
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_term_gradient_norms_match_one_backward_per_term(spatial_dims):
-    trainer, teacher, student, _ = make_trainer(spatial_dims, handlers=[adversarial_handler], term_grad_interval=1)
+    trainer, teacher, student, _ = make_trainer(spatial_dims, critic=True, term_grad_interval=1)
     teacher.eval()
     expected = _separate_backward_norms(trainer, teacher, student, trainer.data_loader[0])
     trainer.run()
@@ -204,9 +258,7 @@ def test_term_gradient_norms_match_one_backward_per_term(spatial_dims):
 def test_measuring_term_gradients_leaves_training_unchanged():
     runs = []
     for interval in (0, 1):
-        trainer, _, student, disc = make_trainer(
-            2, max_epochs=2, handlers=[adversarial_handler], term_grad_interval=interval
-        )
+        trainer, _, student, disc = make_trainer(2, max_epochs=2, critic=True, term_grad_interval=interval)
         trainer.run()
         runs.append((student.state_dict(), disc.state_dict(), len(trainer.term_grad_norms)))
     assert runs[0][2] == 0 and runs[1][2] == 6  # 2 epochs x 3 iterations measured only when asked

@@ -106,7 +106,10 @@ def test_xca_validation_inferer_keeps_the_input_size():
             assert inferer(x, net).shape == (1, 2, 300, 300)
 
 
-@pytest.mark.parametrize("method,critic", [("lightvessel", "discriminator"), ("skd", "skd_discriminator")])
+@pytest.mark.parametrize(
+    "method,critic",
+    [("lightvessel", "lightvessel#asd#loss#discriminator"), ("skd", "distillation#skd_holistic#loss#discriminator")],
+)
 def test_real_data_recipes_set_the_critic_of_both_adversarial_methods(method, critic):
     for overlay in (OVERLAY, str(REPO / "configs" / "data" / "drive.json")):
         parser = config_parser(CONFIGS / "train.json", overlay, REPO / "configs" / "methods" / f"{method}.json")

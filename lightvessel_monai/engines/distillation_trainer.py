@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 from monai.engines import SupervisedTrainer
-from monai.utils.enums import CommonKeys as Keys
+from monai.engines.utils import IterationEvents
 from torch import nn
 
-from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.features import FeatureTaps, check_taps
+from lightvessel_monai.features import FeatureTaps, InputTap
 from lightvessel_monai.losses.base import DistillationInputs
-from lightvessel_monai.utils import check_positive_ints, load_state_dict_checked
+from lightvessel_monai.losses.terms import DistillationTerm, parse_terms
+from lightvessel_monai.utils import check_positive_ints
 
 __all__ = ["DistillationTrainer"]
 
@@ -22,28 +22,35 @@ logger = logging.getLogger(__name__)
 
 
 class DistillationTrainer(SupervisedTrainer):
-    """Train a student with ``loss = seg_loss + sum_k w_k * distiller_k`` from a frozen teacher.
+    """Train a student with ``loss = seg_loss + sum_k weight_k * loss_k(inputs)`` from a frozen teacher.
 
     Everything of :class:`monai.engines.SupervisedTrainer` (AMP, gradient accumulation, handlers,
     ``torch.compile``) is kept: this class only supplies the loss function. For every iteration it runs
-    the teacher without gradients on the same inputs (inside the same autocast region), reads the
-    feature taps of both networks and evaluates each distiller on a
+    the teacher without gradients on the input the student just saw (inside the same autocast region), reads the
+    feature taps of both networks and evaluates each term on a
     :class:`~lightvessel_monai.losses.base.DistillationInputs`.
 
+    The terms come from one ``distillation`` mapping, ``{name: {"loss": ..., "weight": ..., "handlers": [...]}}``
+    (see :mod:`lightvessel_monai.losses.terms`). The trainer attaches every term's handlers itself, before
+    ``train_handlers``, so that a term's state (a critic, a self-teacher) is updated before a checkpoint handler
+    saves it. A handler that needs the step's tensors (the critic update of ASD and SKD) defines
+    ``after_step(engine, inputs)``: the trainer calls it once per iteration, after the student's optimiser step
+    (``IterationEvents.MODEL_COMPLETED``), with the step's :class:`DistillationInputs` detached.
+
     ``engine.state.output`` holds, besides the usual ``image``/``label``/``pred``/``loss``, one entry
-    ``loss_<name>`` per term (``loss_seg`` and the *unweighted* distiller values). ``engine.state.distill``
-    keeps the detached image, label and teacher/student logits of the last iteration for handlers such as
-    :class:`~lightvessel_monai.handlers.AdversarialUpdateHandler`.
+    ``loss_<name>`` per term (``loss_seg`` and the *unweighted* term values).
+
+    The teacher must hold its trained weights before :meth:`run`: the bundle's ``run`` plan loads them with
+    :class:`~lightvessel_monai.stages.TeacherStage` first. Tap paths and each term's required taps are checked by
+    the bundle's pre-flight step (:class:`~lightvessel_monai.stages.Preflight`), before any training.
 
     Args:
         network: the student.
         loss_function: the segmentation loss ``(pred, label) -> scalar`` (e.g. ``DiceCELoss``).
-        teacher: the teacher network, or ``None`` for teacher-free (self-)distillation.
-        teacher_checkpoint: state-dict file loaded into the teacher (``weights_only=True``); a checkpoint
-            of another architecture is a one-line :class:`~lightvessel_monai.errors.CheckpointMismatchError`.
+        teacher: the trained teacher network, or ``None`` for teacher-free (self-)distillation.
         teacher_taps, student_taps: ``{tap_name: module_path}`` read with forward hooks.
-        distillers: ``{name: Distiller}``.
-        distiller_weights: ``{name: weight}``; a missing weight is 1.
+        distillation: ``{name: {"loss": Distiller, "weight": float, "handlers": [...]}}``; ``None`` or ``{}``
+            trains on the segmentation loss alone.
         term_grad_interval: every this many iterations, measure how hard each term pulls on the student: the L2
             norm of the gradient of ``w_k * term_k`` (and of the segmentation loss) with respect to the student's
             parameters, one ``torch.autograd.grad`` per term on the retained graph. The values go to
@@ -63,11 +70,9 @@ class DistillationTrainer(SupervisedTrainer):
         optimizer: torch.optim.Optimizer,
         loss_function: Callable,
         teacher: nn.Module | None = None,
-        teacher_checkpoint: str | None = None,
         teacher_taps: Mapping[str, str] | None = None,
         student_taps: Mapping[str, str] | None = None,
-        distillers: Mapping[str, nn.Module] | None = None,
-        distiller_weights: Mapping[str, float] | None = None,
+        distillation: Mapping[str, Any] | None = None,
         decollate: bool = False,
         train_handlers: Sequence | None = None,
         term_grad_interval: int = 0,
@@ -77,26 +82,22 @@ class DistillationTrainer(SupervisedTrainer):
         self.term_grad_interval = term_grad_interval
         self.term_grad_norms: list[dict[str, float]] = []
         self.seg_loss = loss_function
-        self.distillers = dict(distillers or {})
-        self.distiller_weights = {name: float((distiller_weights or {}).get(name, 1.0)) for name in self.distillers}
-        unknown = set(distiller_weights or {}) - set(self.distillers)
-        if unknown:
-            raise ConfigKeyError(
-                f"distiller_weights names {sorted(unknown)} that are not in distillers {sorted(self.distillers)}"
-            )
+        self.terms: dict[str, DistillationTerm] = parse_terms(distillation)
         self.teacher = teacher
         if teacher is not None:
-            if teacher_checkpoint:
-                load_state_dict_checked(teacher, teacher_checkpoint, what="teacher")
             teacher.to(device)
             teacher.eval()
             teacher.requires_grad_(False)
-        for module in self.distillers.values():
-            module.to(device)
-        check_taps(network, student_taps, self.distillers, what="student_taps")
-        check_taps(teacher, teacher_taps, self.distillers, what="teacher_taps")
+        for term in self.terms.values():
+            term.loss.to(device)
         self.student_taps = FeatureTaps(network, student_taps)
         self.teacher_taps = FeatureTaps(teacher, teacher_taps) if teacher is not None else None
+        # The input of the student's forward, read by a pre-hook: the teacher sees exactly what the student saw,
+        # without relying on where SupervisedTrainer keeps the batch.
+        self.student_input = InputTap(network)
+        self._step_inputs: DistillationInputs | None = None
+        term_handlers = [h for term in self.terms.values() for h in term.handlers]
+        self._after_step_handlers = [h for h in term_handlers if callable(getattr(h, "after_step", None))]
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -105,20 +106,29 @@ class DistillationTrainer(SupervisedTrainer):
             optimizer=optimizer,
             loss_function=self._distillation_loss,
             decollate=decollate,
-            train_handlers=train_handlers,
+            train_handlers=[*term_handlers, *(train_handlers or [])],
             **kwargs,
         )
+        if self._after_step_handlers:
+            self.add_event_handler(IterationEvents.MODEL_COMPLETED, self._after_step)
+
+    @property
+    def distillers(self) -> dict[str, nn.Module]:
+        """``{name: loss module}`` of the terms."""
+        return {name: term.loss for name, term in self.terms.items()}
 
     def _distillation_loss(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """The student's loss; called by ``SupervisedTrainer._iteration`` right after the student forward."""
-        output = self.state.output
+        """The student's loss; SupervisedTrainer calls it with the student's prediction, after the forward."""
+        image = self.student_input.pop()
+        if image is None:
+            raise RuntimeError("DistillationTrainer: the loss was called without a student forward pass")
         teacher_pred = None
         if self.teacher is not None:
             self.teacher.eval()  # the trainer's network.train() never reaches the teacher, but handlers might
             with torch.no_grad():
-                teacher_pred = self.teacher(output[Keys.IMAGE])
+                teacher_pred = self.teacher(image)
         inputs = DistillationInputs(
-            image=output[Keys.IMAGE],
+            image=image,
             label=label,
             student_pred=pred,
             teacher_pred=teacher_pred,
@@ -128,28 +138,31 @@ class DistillationTrainer(SupervisedTrainer):
         )
         seg = self.seg_loss(pred, label).mean()
         total = seg
-        terms = {"loss_seg": seg.detach()}
+        logged = {"loss_seg": seg.detach()}
         weighted = {"seg": seg}
-        for name, distiller in self.distillers.items():
-            value = distiller(inputs)
-            terms[f"loss_{name}"] = value.detach()
-            weighted[name] = self.distiller_weights[name] * value
+        for name, term in self.terms.items():
+            value = term.loss(inputs)
+            logged[f"loss_{name}"] = value.detach()
+            weighted[name] = term.weight * value
             total = total + weighted[name]
-        output.update(terms)
+        output = self.state.output
+        output.update(logged)
         if self.term_grad_interval and self.state.iteration % self.term_grad_interval == 0:
             norms = self._term_gradient_norms(weighted)
             self.term_grad_norms.append({"iteration": self.state.iteration, **norms})
             output.update({f"grad_{name}": value for name, value in norms.items()})
-        self.state.distill = {
-            "image": output[Keys.IMAGE].detach(),
-            "label": label.detach(),
-            "student_pred": pred.detach(),
-            "teacher_pred": teacher_pred,
-        }
+        self._step_inputs = inputs.detached() if self._after_step_handlers else None
         self.student_taps.clear()
         if self.teacher_taps is not None:
             self.teacher_taps.clear()
         return total
+
+    def _after_step(self, engine: DistillationTrainer) -> None:
+        inputs, self._step_inputs = self._step_inputs, None
+        if inputs is None:
+            return
+        for handler in self._after_step_handlers:
+            handler.after_step(engine, inputs)
 
     def _term_gradient_norms(self, weighted: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """``{term: ||d(w * term)/d(student parameters)||_2}``; 0 for a term without a graph (e.g. in warm-up)."""

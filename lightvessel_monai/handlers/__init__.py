@@ -1,6 +1,5 @@
 from lightvessel_monai.handlers.adversarial import AdversarialUpdateHandler
 from lightvessel_monai.handlers.finite import StopOnNonFiniteLoss
-from lightvessel_monai.handlers.group import HandlerGroup
 from lightvessel_monai.handlers.learning_curve import LearningCurveHandler
 from lightvessel_monai.handlers.progress import ProgressBarHandler
 from lightvessel_monai.handlers.resume import BestCheckpointState, ResumeCheckpoint
@@ -11,7 +10,6 @@ __all__ = [
     "AdversarialUpdateHandler",
     "BestCheckpointState",
     "FinalValidationHandler",
-    "HandlerGroup",
     "LearningCurveHandler",
     "ProgressBarHandler",
     "ResumeCheckpoint",

@@ -6,9 +6,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.engines.utils import IterationEvents
 
+from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.losses.asd import AdversarialSimilarityDistillation
+from lightvessel_monai.losses.base import DistillationInputs
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -21,9 +22,10 @@ logger = logging.getLogger(__name__)
 class AdversarialUpdateHandler:
     """Critic update of an adversarial distiller (ASD, SKD's holistic term) in a ``DistillationTrainer``.
 
-    After the student's forward/backward (``IterationEvents.MODEL_COMPLETED``) it takes the detached
-    teacher/student predictions that the trainer keeps in ``engine.state.distill``, builds the real and
-    fake correlation maps and runs ``d_steps`` optimiser steps on the critic. The critic loss is written
+    List it in the adversarial term's ``handlers``; the :class:`~lightvessel_monai.engines.DistillationTrainer`
+    attaches it and, after each student step, calls :meth:`after_step` with the step's detached label and
+    teacher/student predictions. It builds the real and fake correlation maps and runs ``d_steps`` optimiser
+    steps on the critic. The critic loss is written
     to ``engine.state.output["loss_disc"]`` so StatsHandler and TensorBoard log it with the other terms.
 
     Args:
@@ -55,23 +57,31 @@ class AdversarialUpdateHandler:
         self.amp = amp
         self.scaler: torch.amp.GradScaler | None = None
         self.last_loss: float | None = None
+        self._engine: Engine | None = None
 
     def attach(self, engine: Engine) -> None:
+        if self._engine is not None:
+            raise ConfigKeyError(f"{type(self).__name__} is attached twice: list it once, in its term's 'handlers'")
+        if self not in getattr(engine, "_after_step_handlers", ()):
+            raise ConfigKeyError(
+                f"{type(self).__name__} belongs in its term's 'handlers' (distillation#<term>#handlers) of a "
+                "DistillationTrainer, which hands it each step's predictions; it was attached some other way"
+            )
+        self._engine = engine
         device = torch.device(engine.state.device) if getattr(engine.state, "device", None) else None
         if device is not None:
             self.discriminator.to(device)
         use_amp = self.amp and device is not None and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self)
 
-    def __call__(self, engine: Engine) -> None:
+    def after_step(self, engine: Engine, inputs: DistillationInputs) -> None:
+        """Update the critic on the step's detached label and predictions (called by the trainer)."""
         if engine.state.iteration < self.start_iteration:
             return
-        cached = getattr(engine.state, "distill", None)
-        if not cached or cached.get("teacher_pred") is None:
+        if inputs.teacher_pred is None:
             raise RuntimeError("AdversarialUpdateHandler needs a DistillationTrainer with a teacher")
         real, fake = self.adversarial.critic_inputs(
-            cached["label"], cached["teacher_pred"], cached["student_pred"], image=cached.get("image")
+            inputs.label, inputs.teacher_pred, inputs.student_pred, image=inputs.image
         )
         self.last_loss = self.step(real, fake)
         output = engine.state.output

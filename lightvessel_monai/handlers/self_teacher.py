@@ -15,6 +15,8 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
+from lightvessel_monai.errors import ConfigKeyError
+
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
@@ -25,21 +27,14 @@ logger = logging.getLogger(__name__)
 MODES = ("ema", "snapshot")
 
 
-def _is_feature_tap(hook: object) -> bool:
-    return getattr(hook, "__qualname__", "").startswith("FeatureTaps.")
-
-
 def make_self_teacher(network: nn.Module) -> nn.Module:
     """A frozen copy of ``network`` to serve as its self-teacher: eval mode, ``requires_grad=False``.
 
-    ``copy.deepcopy`` would also copy the forward hooks of :class:`lightvessel_monai.features.FeatureTaps`
-    registered on the student, and the copy would then overwrite the student's tapped features; those hooks are
-    dropped from the copy (any other hook, e.g. a weight-norm pre-hook, is kept).
+    The copy keeps the network's hooks; a :class:`lightvessel_monai.features.FeatureTaps` hook copies itself as an
+    inert hook (see its ``__deepcopy__``), so the self-teacher's forward never overwrites the student's tapped
+    features.
     """
     teacher = copy.deepcopy(network)
-    for module in teacher.modules():
-        for key in [k for k, hook in module._forward_hooks.items() if _is_feature_tap(hook)]:
-            del module._forward_hooks[key]
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
@@ -103,6 +98,7 @@ class SelfTeacherHandler:
         self.initialize = initialize
         self.num_updates = 0
         self._restored = False
+        self._attached = False
         self._freeze()
 
     def _freeze(self) -> None:
@@ -110,6 +106,9 @@ class SelfTeacherHandler:
         self.self_teacher.requires_grad_(False)
 
     def attach(self, engine: Engine) -> None:
+        if self._attached:
+            raise ConfigKeyError(f"{type(self).__name__} is attached twice: list it once, in its term's 'handlers'")
+        self._attached = True
         param = next(self.network.parameters(), None)
         if param is not None:
             self.self_teacher.to(param.device)

@@ -3,7 +3,7 @@
 from lightvessel_monai.losses.adversarial import discriminator_loss, generator_loss, gradient_penalty
 from lightvessel_monai.losses.asd import AdversarialSimilarityDistillation, correlation_map
 from lightvessel_monai.losses.at import AttentionTransfer, attention_transfer_loss
-from lightvessel_monai.losses.base import DistillationInputs, Distiller, student_parameters
+from lightvessel_monai.losses.base import DistillationInputs, Distiller
 from lightvessel_monai.losses.cwd import ChannelWiseDistillation, channel_wise_divergence
 from lightvessel_monai.losses.dskd import (
     DeepDistributionLoss,
@@ -22,6 +22,7 @@ from lightvessel_monai.losses.emkd import (
 from lightvessel_monai.losses.fsd import FeatureSimilarityDistillation, fsd_pair_loss, naive_similarity_loss
 from lightvessel_monai.losses.kd import KnowledgeDistillation
 from lightvessel_monai.losses.skd import HolisticDistillation, PairwiseDistillation
+from lightvessel_monai.losses.terms import DistillationTerm, parse_terms, student_parameters, term_losses
 
 __all__ = [
     "AdversarialSimilarityDistillation",
@@ -29,6 +30,7 @@ __all__ = [
     "ChannelWiseDistillation",
     "DeepDistributionLoss",
     "DistillationInputs",
+    "DistillationTerm",
     "Distiller",
     "FeatureSimilarityDistillation",
     "HolisticDistillation",
@@ -47,9 +49,11 @@ __all__ = [
     "generator_loss",
     "gradient_penalty",
     "naive_similarity_loss",
+    "parse_terms",
     "patch_distribution",
     "patch_distribution_kl",
     "region_affinity",
     "region_affinity_loss",
     "student_parameters",
+    "term_losses",
 ]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-__all__ = ["DistillationInputs", "Distiller", "PairedTapsDistiller", "student_parameters"]
+__all__ = ["DistillationInputs", "Distiller", "PairedTapsDistiller"]
 
 
 @dataclass
@@ -34,6 +33,22 @@ class DistillationInputs:
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
     iteration: int = 0
+
+    def detached(self) -> DistillationInputs:
+        """The same tensors without their autograd graphs, for handlers that run after the student's step."""
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach()
+
+        return DistillationInputs(
+            image=self.image.detach(),
+            label=self.label.detach(),
+            student_pred=self.student_pred.detach(),
+            teacher_pred=cut(self.teacher_pred),
+            student_features={k: v.detach() for k, v in self.student_features.items()},
+            teacher_features={k: v.detach() for k, v in self.teacher_features.items()},
+            iteration=self.iteration,
+        )
 
 
 class Distiller(nn.Module):
@@ -84,22 +99,3 @@ class PairedTapsDistiller(Distiller):
     @property
     def required_student_taps(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(s for _, s in self.pairs))
-
-
-def student_parameters(network: nn.Module, distillers: Mapping[str, nn.Module] | None = None) -> list[nn.Parameter]:
-    """The student's parameters followed by the trainable parameters of every distiller, without duplicates.
-
-    Use it as the ``params`` of the student optimiser, so that adapters and side heads learn with the student.
-    """
-    params: list[nn.Parameter] = []
-    seen: set[int] = set()
-    groups = [list(network.parameters())]
-    for module in (distillers or {}).values():
-        get = getattr(module, "trainable_parameters", None)
-        groups.append(list(get()) if callable(get) else [p for p in module.parameters() if p.requires_grad])
-    for group in groups:
-        for p in group:
-            if id(p) not in seen:
-                seen.add(id(p))
-                params.append(p)
-    return params
