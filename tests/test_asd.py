@@ -163,7 +163,9 @@ def test_handler_state_roundtrip():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"activation": "softmx"}, "activation must be one of softmax, sigmoid, got 'softmx'"),
+        ({"sigmoid": True}, "ASD: set exactly one of softmax=True and sigmoid=True, got softmax=True, sigmoid=True"),
+        ({"softmax": False}, "set exactly one of softmax=True and sigmoid=True"),
+        ({"softmax": "yes"}, "set exactly one of softmax=True and sigmoid=True"),
         ({"correlation": "sum"}, "correlation must be one of product, concat, got 'sum'"),
         ({"gan_loss": "wgan"}, "gan_loss must be one of"),
     ],

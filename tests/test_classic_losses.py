@@ -60,8 +60,10 @@ def test_kd_errors():
         KnowledgeDistillation()(_inputs(torch.zeros(1, 2, 2, 2), None))
     with pytest.raises(ValueError, match="temperature"):
         KnowledgeDistillation(temperature=0)
-    with pytest.raises(ValueError, match="activation"):
-        KnowledgeDistillation(activation="relu")
+    with pytest.raises(ValueError, match="KD: set exactly one of softmax=True and sigmoid=True"):
+        KnowledgeDistillation(sigmoid=True)
+    with pytest.raises(ValueError, match="set exactly one"):
+        KnowledgeDistillation(softmax=False)
 
 
 # ----------------------------------------------------------------------------------------------------- AT
@@ -287,8 +289,8 @@ def test_skd_holistic_errors():
         holistic.critic_map(torch.zeros(1, 2, 4, 4), torch.zeros(1, 1, 4, 4), None)
     with pytest.raises(ValueError, match="same grid"):
         holistic.critic_map(torch.zeros(1, 2, 4, 4), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 8, 8))
-    with pytest.raises(ValueError, match="activation"):
-        HolisticDistillation(nn.Identity(), activation="tanh")
+    with pytest.raises(ValueError, match="SKD holistic: set exactly one"):
+        HolisticDistillation(nn.Identity(), softmax=False)
 
 
 # ----------------------------------------------------------------------------------------------- overlays

@@ -236,3 +236,27 @@ def test_every_method_trains_and_is_compared_in_3d(tmp_path):
         assert prediction.ndim == 3  # the whole preprocessed validation volume, through the sliding window
     with Image.open(out / "overlays" / "case_0.png") as image:
         assert image.format == "PNG"
+
+
+def test_an_overlay_that_extends_another_is_loaded_after_its_base(tmp_path):
+    from lightvessel_monai.compare import method_config
+    from lightvessel_monai.errors import ConfigKeyError
+
+    methods = REPO / "configs" / "methods"
+    assert method_config("dskd_kd") == [methods / "dskd.json", methods / "dskd_kd.json"]
+    assert method_config("kd+kd_weight=0.5") == [methods / "kd.json"]
+    # a private copy of the methods folder: a chain of two, a missing base, a loop
+    folder = tmp_path / "configs" / "methods"
+    folder.mkdir(parents=True)
+    (tmp_path / "bundle" / "configs").mkdir(parents=True)
+    (tmp_path / "bundle" / "configs" / "train.json").write_text("{}")
+    (folder / "a.json").write_text('{"distillation": {}}')
+    (folder / "b.json").write_text('{"_extends_": "a.json", "+distillation": {}}')
+    (folder / "c.json").write_text('{"_extends_": "b.json"}')
+    (folder / "d.json").write_text('{"_extends_": "nope.json"}')
+    (folder / "e.json").write_text('{"_extends_": "f.json"}')
+    (folder / "f.json").write_text('{"_extends_": "e.json"}')
+    assert [p.name for p in method_config("c", tmp_path)] == ["a.json", "b.json", "c.json"]
+    for name in ("d", "e"):
+        with pytest.raises(ConfigKeyError, match="_extends_"):
+            method_config(name, tmp_path)

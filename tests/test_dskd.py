@@ -112,8 +112,8 @@ def test_deep_distribution_loss_shapes_and_gradients(spatial_dims):
 
 
 def test_bad_arguments_are_one_line_errors():
-    with pytest.raises(ValueError, match="activation"):
-        DeepDistributionLoss(["dec1"], {"dec1": 4}, 2, 2, activation="relu")
+    with pytest.raises(ValueError, match="DSKD DDL: set exactly one"):
+        DeepDistributionLoss(["dec1"], {"dec1": 4}, 2, 2, softmax=True, sigmoid=True)
     with pytest.raises(ValueError, match="patch_size"):
         DeepDistributionLoss(["dec1"], {"dec1": 4}, 2, 2, patch_size=0)
     with pytest.raises(Exception, match="dec9"):

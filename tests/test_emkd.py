@@ -44,7 +44,7 @@ def test_pmd_sigmoid_head(spatial_dims):
     size = (2,) * spatial_dims
     teacher = torch.full((1, 1, *size), 2 * math.log(3.0))
     student = torch.zeros(1, 1, *size, requires_grad=True)
-    pmd = PredictionMapDistillation(temperature=2.0, activation="sigmoid")
+    pmd = PredictionMapDistillation(temperature=2.0, softmax=False, sigmoid=True)
     loss = pmd(_inputs(student, teacher))
     torch.testing.assert_close(loss, torch.tensor(KL_HAND * 4))
     loss.backward()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from lightvessel_monai.losses.base import DistillationInputs
 
 __all__ = [
+    "activation_from_flags",
     "ACTIVATIONS",
     "REDUCTIONS",
     "TapSpec",
@@ -52,6 +53,16 @@ def check_activation(activation: str) -> str:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got '{activation}'")
     return activation
+
+
+def activation_from_flags(softmax: bool, sigmoid: bool, owner: str) -> str:
+    """MONAI's convention, as in ``DiceLoss``: ``softmax=True`` (multi-class head) or ``sigmoid=True`` (binary or
+    multi-label head) -> ``"softmax"`` / ``"sigmoid"``. Exactly one must be true; anything else is a one-line error."""
+    if not isinstance(softmax, bool) or not isinstance(sigmoid, bool) or softmax == sigmoid:
+        raise ValueError(
+            f"{owner}: set exactly one of softmax=True and sigmoid=True, got softmax={softmax!r}, sigmoid={sigmoid!r}"
+        )
+    return "softmax" if softmax else "sigmoid"
 
 
 def class_probabilities(logits: torch.Tensor, activation: str = "softmax", temperature: float = 1.0) -> torch.Tensor:

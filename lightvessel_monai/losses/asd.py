@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from lightvessel_monai.losses._common import (
+    activation_from_flags,
     check_activation,
     check_choice,
     class_probabilities,
@@ -59,7 +60,8 @@ class AdversarialSimilarityDistillation(Distiller):
         discriminator: critic network, e.g. :class:`lightvessel_monai.networks.SimilarityDiscriminator`
             with ``in_channels = K`` (``product``) or ``2K`` (``concat``).
         correlation: ``"product"`` (``label ⊙ p``, default) or ``"concat"``.
-        activation: ``"softmax"`` or ``"sigmoid"``.
+        softmax: the student and teacher heads are multi-class (default); ``sigmoid=True`` (with
+            ``softmax=False``) for a binary or multi-label head, as in MONAI's ``DiceLoss``.
         gan_loss: ``"wgan-gp"`` (default), ``"hinge"`` or ``"lsgan"``.
         gp_weight: weight λ of the gradient penalty for ``wgan-gp``.
         warmup_iterations: the student term is 0 for the first iterations, so the critic gets a head start.
@@ -71,7 +73,8 @@ class AdversarialSimilarityDistillation(Distiller):
         self,
         discriminator: nn.Module,
         correlation: str = "product",
-        activation: str = "softmax",
+        softmax: bool = True,
+        sigmoid: bool = False,
         gan_loss: str = "wgan-gp",
         gp_weight: float = 10.0,
         warmup_iterations: int = 0,
@@ -79,7 +82,8 @@ class AdversarialSimilarityDistillation(Distiller):
         super().__init__()
         self.discriminator = discriminator
         self.correlation = check_choice(correlation, CORRELATIONS, "correlation")
-        self.activation = check_activation(activation)
+        self.activation = activation_from_flags(softmax, sigmoid, "ASD")
+        self.softmax, self.sigmoid = softmax, sigmoid
         self.gan_loss = check_choice(gan_loss, GAN_KINDS, "gan_loss")
         self.gp_weight = gp_weight
         self.warmup_iterations = warmup_iterations

@@ -34,6 +34,7 @@ from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.losses._common import (
+    activation_from_flags,
     check_activation,
     class_probabilities,
     label_to_onehot,
@@ -162,8 +163,8 @@ class DeepDistributionLoss(Distiller):
         out_channels: number of classes ``K``.
         spatial_dims: 2 or 3.
         patch_size: patch edge ``s`` (int or one per spatial dim).
-        activation: ``"softmax"`` (multi-class head, as the bundle's students) or ``"sigmoid"`` (the paper's
-            binary side outputs).
+        softmax: multi-class side outputs, as the bundle's students (default).
+        sigmoid: binary side outputs, as the paper's (with ``softmax=False``; MONAI's convention).
 
     Shapes: features ``(B, C, *spatial)``; label ``(B, 1, H, W)`` / ``(B, 1, D, H, W)`` indices or ``(B, K, ...)``
     one-hot. Reads no teacher taps and no teacher prediction, so it runs with or without a teacher.
@@ -176,10 +177,12 @@ class DeepDistributionLoss(Distiller):
         out_channels: int,
         spatial_dims: int,
         patch_size: int | Sequence[int] = 8,
-        activation: str = "softmax",
+        softmax: bool = True,
+        sigmoid: bool = False,
     ) -> None:
         super().__init__()
-        check_activation(activation)
+        activation = activation_from_flags(softmax, sigmoid, "DSKD DDL")
+        self.softmax, self.sigmoid = softmax, sigmoid
         if isinstance(taps, str):
             taps = [taps]
         self.side_heads = SideHeads(spatial_dims, in_channels, out_channels, taps)
@@ -226,7 +229,7 @@ class PixelwiseSelfDistillation(KnowledgeDistillation):
     Args:
         self_teacher: the self-teacher network, e.g. from
             :func:`lightvessel_monai.handlers.self_teacher.make_self_teacher`.
-        temperature, activation, warmup_iterations: as :class:`~lightvessel_monai.losses.KnowledgeDistillation`
+        temperature, softmax, sigmoid, warmup_iterations: as :class:`~lightvessel_monai.losses.KnowledgeDistillation`
             (but ``T = 1`` by default: PSDL matches the self-teacher's plain probabilities).
     """
 
@@ -237,10 +240,11 @@ class PixelwiseSelfDistillation(KnowledgeDistillation):
         self,
         self_teacher: nn.Module,
         temperature: float = 1.0,
-        activation: str = "softmax",
+        softmax: bool = True,
+        sigmoid: bool = False,
         warmup_iterations: int = 0,
     ) -> None:
-        super().__init__(temperature, activation, warmup_iterations)
+        super().__init__(temperature, softmax, sigmoid, warmup_iterations)
         if not isinstance(self_teacher, nn.Module):
             raise TypeError(f"self_teacher must be an nn.Module, got {type(self_teacher).__name__}")
         self.self_teacher = self_teacher

@@ -49,14 +49,14 @@ class PredictionMapDistillation(KnowledgeDistillation):
     r"""PMD: pixel-wise ``KL(p_t || p_s)`` of temperature-softened class maps, times ``T^2`` (EMKD).
 
     The same objective as pixel-wise :class:`~lightvessel_monai.losses.KnowledgeDistillation`, with EMKD's
-    temperature ``T = 4``. ``activation="softmax"`` for a multi-class head (logits ``(B, K, ...)``) and
-    ``"sigmoid"`` for a binary head (``(B, 1, ...)`` logits; each channel is a Bernoulli distribution).
+    temperature ``T = 4``. ``softmax=True`` for a multi-class head (logits ``(B, K, ...)``) and ``sigmoid=True``
+    (with ``softmax=False``) for a binary head (``(B, 1, ...)`` logits; each channel is a Bernoulli distribution).
     """
 
     method = "EMKD PMD"
 
-    def __init__(self, temperature: float = 4.0, activation: str = "softmax") -> None:
-        super().__init__(temperature=temperature, activation=activation)
+    def __init__(self, temperature: float = 4.0, softmax: bool = True, sigmoid: bool = False) -> None:
+        super().__init__(temperature=temperature, softmax=softmax, sigmoid=sigmoid)
 
 
 class ImportanceMapDistillation(AttentionTransfer):

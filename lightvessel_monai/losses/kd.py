@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 
 from lightvessel_monai.losses._common import (
-    ACTIVATIONS,
-    check_choice,
+    activation_from_flags,
     check_positive,
     require_teacher_pred,
     soft_kl,
@@ -41,16 +40,21 @@ class KnowledgeDistillation(Distiller):
             work best for small students; with only ``K = 2`` classes a moderate ``T`` keeps the foreground/background
             ratio informative without flattening it, and ``T = 4`` is the value of EMKD's prediction-map term and of
             common segmentation KD baselines. SKD's pixel-wise term uses ``T = 1``.
-        activation: ``"softmax"`` or ``"sigmoid"``.
+        softmax: the logits are a multi-class head (``(B, K, ...)``, one distribution per pixel); the default.
+        sigmoid: the logits are a binary or multi-label head (each channel a Bernoulli distribution); set
+            ``softmax=False`` with it, as in MONAI's ``DiceLoss``.
         warmup_iterations: the term is 0 up to this trainer iteration (1-based).
     """
 
     method = "KD"
 
-    def __init__(self, temperature: float = 4.0, activation: str = "softmax", warmup_iterations: int = 0) -> None:
+    def __init__(
+        self, temperature: float = 4.0, softmax: bool = True, sigmoid: bool = False, warmup_iterations: int = 0
+    ) -> None:
         super().__init__()
         self.temperature = check_positive(temperature, f"{self.method} temperature")
-        self.activation = check_choice(activation, ACTIVATIONS, f"{self.method} activation")
+        self.activation = activation_from_flags(softmax, sigmoid, self.method)
+        self.softmax, self.sigmoid = softmax, sigmoid
         if int(warmup_iterations) < 0:
             raise ValueError(f"{self.method} warmup_iterations must be >= 0, got {warmup_iterations}")
         self.warmup_iterations = int(warmup_iterations)

@@ -17,9 +17,8 @@ from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.losses._common import (
-    ACTIVATIONS,
     TapSpec,
-    check_choice,
+    activation_from_flags,
     check_same_layout,
     class_probabilities,
     tap_feature,
@@ -104,7 +103,7 @@ class HolisticDistillation(AdversarialSimilarityDistillation):
     Args:
         discriminator: the critic, e.g. :class:`lightvessel_monai.networks.SimilarityDiscriminator` with
             ``in_channels = in_channels + num_classes``.
-        activation: ``"softmax"`` or ``"sigmoid"``.
+        softmax, sigmoid: the head's activation, MONAI's convention (see ``AdversarialSimilarityDistillation``).
         gan_loss: ``"wgan-gp"`` (the paper's Wasserstein loss with gradient penalty), ``"hinge"`` or ``"lsgan"``.
         gp_weight: gradient-penalty weight; 10 as in the authors' code.
         warmup_iterations: the student term is 0 for the first iterations.
@@ -115,16 +114,18 @@ class HolisticDistillation(AdversarialSimilarityDistillation):
     def __init__(
         self,
         discriminator: nn.Module,
-        activation: str = "softmax",
+        softmax: bool = True,
+        sigmoid: bool = False,
         gan_loss: str = "wgan-gp",
         gp_weight: float = 10.0,
         warmup_iterations: int = 0,
     ) -> None:
-        check_choice(activation, ACTIVATIONS, "SKD holistic activation")
+        activation_from_flags(softmax, sigmoid, "SKD holistic")
         super().__init__(
             discriminator,
             correlation="concat",
-            activation=activation,
+            softmax=softmax,
+            sigmoid=sigmoid,
             gan_loss=gan_loss,
             gp_weight=gp_weight,
             warmup_iterations=warmup_iterations,
