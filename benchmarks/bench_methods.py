@@ -1,14 +1,14 @@
 """Cost of one training iteration per distillation method, measured side by side in one process.
 
-Every method is built from ``bundle/configs/train.json`` (+ an optional data overlay) + ``configs/methods/<name>.json``
-exactly as the bundle builds it: the overlay's ``distillation`` terms (losses, weights and handlers: critic updates,
-self-teacher), loss and optimiser (student + adapters/heads), in a ``DistillationTrainer`` that runs on one fixed
-in-memory batch. Methods are timed in interleaved rounds so that machine noise hits them alike; the table gives the
-median time per iteration and its ratio to ``none`` (the student alone), and where the iteration goes: the teacher forward,
-the student forward, the distillation terms' forward, the critic update, and the rest (backward, optimiser step,
-segmentation loss, engine). Forward phases are timed by forward hooks, the critic by wrapping its ``step``. The terms'
-own cost is their forward plus the backward they add: ``terms fwd + (rest - rest of none)``; the last column compares
-it with the teacher forward.
+Every method is built from ``bundle/configs/train.json`` (+ an optional data overlay) +
+``configs/methods/<name>.json`` exactly as the bundle builds it: the overlay's ``distillation`` terms (losses, weights
+and handlers: critic updates, self-teacher), loss and optimiser (student + adapters/heads), in a
+``DistillationTrainer`` that runs on one fixed in-memory batch. Methods are timed in interleaved rounds so that
+machine noise hits them alike; the table gives the median time per iteration and its ratio to ``none`` (the student
+alone), and where the iteration goes: the teacher forward, the student forward, the distillation terms' forward, the
+critic update, and the rest (backward, optimiser step, segmentation loss, engine). Forward phases are timed by forward
+hooks, the critic by wrapping its ``step``. The terms' own cost is their forward plus the backward they add: ``terms
+fwd + (rest - rest of none)``; the last column compares it with the teacher forward.
 
     python benchmarks/bench_methods.py [--data configs/data/synthetic_3d.json] [--batch 16] [--rounds 5] [--steps 4]
 
