@@ -275,3 +275,16 @@ def test_importing_the_package_leaves_the_excepthook_alone():
     code = "import sys; hook = sys.excepthook; import lightvessel_monai.losses; print(sys.excepthook is hook)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True", "a host process (MONAI Label) must keep its own excepthook"
+
+
+def test_an_overlay_with_an_unknown_term_key_is_a_one_line_error(tmp_path):
+    path = datalist(tmp_path, [good_pair(tmp_path)])
+    term = {"loss": "@lightvessel#fsd#loss", "wieght": 2.0}
+    err = preflight_error(tmp_path, datalist_file=path, distillation={"fsd": term})
+    assert "'distillation#fsd' has unknown key(s) wieght" in str(err) and "loss, weight, handlers" in str(err)
+
+
+def test_an_overlay_with_a_term_without_a_loss_is_a_one_line_error(tmp_path):
+    path = datalist(tmp_path, [good_pair(tmp_path)])
+    err = preflight_error(tmp_path, datalist_file=path, distillation={"kd": {"weight": 1.0}})
+    assert "'distillation#kd' has no 'loss'" in str(err)

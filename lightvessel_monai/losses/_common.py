@@ -7,7 +7,7 @@ Every function is dimension-agnostic: tensors are ``(B, C, H, W)`` in 2D or ``(B
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from lightvessel_monai.losses.base import DistillationInputs
 
 __all__ = [
+    "paired_features",
     "activation_from_flags",
     "ACTIVATIONS",
     "REDUCTIONS",
@@ -206,6 +207,19 @@ def tap_feature(features: Mapping[str, torch.Tensor], name: str, owner: str, met
             f"{method} needs {owner} tap '{name}', which is missing; available {owner} taps: {available}"
         )
     return features[name]
+
+
+def paired_features(
+    inputs: DistillationInputs, pairs: Sequence[tuple[str, str]], method: str
+) -> Iterator[tuple[str, str, torch.Tensor, torch.Tensor]]:
+    """``(teacher tap, student tap, teacher feature, student feature)`` per pair; a missing tap is a one-line error."""
+    for t, s in pairs:
+        yield (
+            t,
+            s,
+            tap_feature(inputs.teacher_features, t, "teacher", method),
+            tap_feature(inputs.student_features, s, "student", method),
+        )
 
 
 def require_teacher_pred(inputs: DistillationInputs, method: str) -> torch.Tensor:

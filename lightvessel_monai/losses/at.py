@@ -21,9 +21,9 @@ from lightvessel_monai.losses._common import (
     check_positive,
     check_same_layout,
     l2_normalise,
+    paired_features,
     reduce_terms,
     resize_to,
-    tap_feature,
     tap_pairs,
 )
 from lightvessel_monai.losses.base import DistillationInputs, PairedTapsDistiller
@@ -107,14 +107,8 @@ class AttentionTransfer(PairedTapsDistiller):
 
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:
         losses = [
-            attention_transfer_loss(
-                tap_feature(inputs.teacher_features, t, "teacher", self.method),
-                tap_feature(inputs.student_features, s, "student", self.method),
-                p=self.p,
-                position_reduction=self.position_reduction,
-                eps=self.eps,
-            )
-            for t, s in self.pairs
+            attention_transfer_loss(teacher, student, self.p, self.position_reduction, self.eps)
+            for _, _, teacher, student in paired_features(inputs, self.pairs, self.method)
         ]
         return reduce_terms(losses, self.reduction)
 

@@ -24,10 +24,10 @@ from lightvessel_monai.losses._common import (
     check_choice,
     check_positive,
     check_same_layout,
+    paired_features,
     reduce_terms,
     require_teacher_pred,
     resize_to,
-    tap_feature,
     tap_pairs,
 )
 from lightvessel_monai.losses.base import DistillationInputs, PairedTapsDistiller
@@ -153,9 +153,8 @@ class ChannelWiseDistillation(PairedTapsDistiller):
 
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:
         losses = []
-        for t, s in self.pairs:
-            teacher = tap_feature(inputs.teacher_features, t, "teacher", self.method).detach()
-            student = tap_feature(inputs.student_features, s, "student", self.method)
+        for t, s, teacher, student in paired_features(inputs, self.pairs, self.method):
+            teacher = teacher.detach()
             losses.append(channel_wise_divergence(self.align(t, s, student, teacher), teacher, self.temperature))
         if self.logits:
             teacher_pred = require_teacher_pred(inputs, self.method)

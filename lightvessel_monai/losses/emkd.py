@@ -25,9 +25,9 @@ from lightvessel_monai.losses._common import (
     check_same_layout,
     full_precision,
     label_to_onehot,
+    paired_features,
     reduce_terms,
     resize_to,
-    tap_feature,
     tap_pairs,
 )
 from lightvessel_monai.losses.at import AttentionTransfer
@@ -197,14 +197,8 @@ class RegionAffinityDistillation(PairedTapsDistiller):
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:
         onehot = label_to_onehot(inputs.label, self.num_classes)
         losses = [
-            region_affinity_loss(
-                tap_feature(inputs.teacher_features, t, "teacher", self.method),
-                tap_feature(inputs.student_features, s, "student", self.method),
-                onehot,
-                label_resize=self.label_resize,
-                eps=self.eps,
-            )
-            for t, s in self.pairs
+            region_affinity_loss(teacher, student, onehot, label_resize=self.label_resize, eps=self.eps)
+            for _, _, teacher, student in paired_features(inputs, self.pairs, self.method)
         ]
         return reduce_terms(losses, self.reduction)
 
