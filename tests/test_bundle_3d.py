@@ -69,7 +69,7 @@ def test_ct3d_overlay_matches_the_synthetic_pipeline_and_reads_a_user_datalist(t
     synthetic = json.loads((REPO / "configs" / "data" / "synthetic_3d.json").read_text())
     ct3d = json.loads((REPO / "configs" / "data" / "ct3d.json").read_text())
     shared = ("preprocessing", "train_augmentation", "inferer", "postprocessing", "network_def", "teacher_def")
-    for key in shared + ("taps", "fsd", "asd_weight"):
+    for key in shared + ("taps", "fsd_pairs", "asd_weight"):
         assert ct3d[key] == synthetic[key], f"{key} differs between ct3d.json and synthetic_3d.json"
 
     # a user's MSD-style dataset (here written by the synthetic generator) through the generic overlay
