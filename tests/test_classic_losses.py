@@ -25,6 +25,7 @@ from lightvessel_monai.losses import (
     parse_terms,
     student_parameters,
 )
+from lightvessel_monai.losses._common import class_balanced_weights
 from lightvessel_monai.networks import SimilarityDiscriminator
 
 from conftest import KL_HAND, REPO
@@ -64,6 +65,55 @@ def test_kd_errors():
         KnowledgeDistillation(sigmoid=True)
     with pytest.raises(ValueError, match="set exactly one"):
         KnowledgeDistillation(softmax=False)
+
+
+def test_class_balanced_weights_hand_computed():
+    # image 0: 1 vessel pixel of 4 -> vessel 1/1, background 1/3; image 1: no vessel -> background 1/4 everywhere
+    label = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
+    w = class_balanced_weights(label, 2)
+    expected = torch.tensor([[[1.0, 1 / 3], [1 / 3, 1 / 3]], [[0.25, 0.25], [0.25, 0.25]]])
+    torch.testing.assert_close(w, expected)
+    # one-hot labels give the same weights; every present class sums to 1 per image
+    torch.testing.assert_close(class_balanced_weights(torch.cat([1 - label, label], dim=1), 2), expected)
+    assert w[0][label[0, 0] == 1].sum() == pytest.approx(1.0) and w[0][label[0, 0] == 0].sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_kd_class_balanced_against_naive_loop(spatial_dims):
+    torch.manual_seed(0)
+    size = [3] * spatial_dims
+    student, teacher = _leaf(2, 2, *size), torch.randn(2, 2, *size)
+    label = (torch.rand(2, 1, *size) < 0.2).float()
+    label[0].view(-1)[0] = 1.0  # at least one vessel pixel in image 0
+    loss = KnowledgeDistillation(temperature=2.0, class_balanced=True)(_inputs(student, teacher, label=label))
+    # naive: per image and class, the mean KL over that class's pixels; then the mean over the (image, class) pairs
+    # present, times T^2 -- the same as the weighted mean with weights 1 / n_{b,c}
+    kl = F.kl_div(F.log_softmax(student / 2, 1), F.log_softmax(teacher / 2, 1), log_target=True, reduction="none")
+    kl = kl.sum(1)
+    numerator, denominator = 0.0, 0
+    for b in range(2):
+        for c in (0.0, 1.0):
+            mask = label[b, 0] == c
+            if mask.any():
+                numerator += float(kl[b][mask].mean())
+                denominator += 1
+    assert float(loss.detach()) == pytest.approx(numerator / denominator * 4.0, rel=1e-5)
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    # with both classes equally frequent in each image, the balanced mean is the plain mean
+    half = torch.zeros(2, 1, 2, 2)
+    half[:, :, 0] = 1.0
+    s, t = torch.randn(2, 2, 2, 2), torch.randn(2, 2, 2, 2)
+    balanced = KnowledgeDistillation(class_balanced=True)(_inputs(s, t, label=half))
+    torch.testing.assert_close(balanced, KnowledgeDistillation()(_inputs(s, t, label=half)))
+
+
+def test_kd_class_balanced_errors():
+    with pytest.raises(ValueError, match="class_balanced needs a multi-class head"):
+        KnowledgeDistillation(softmax=False, sigmoid=True, class_balanced=True)
+    kd = KnowledgeDistillation(class_balanced=True)
+    with pytest.raises(ValueError, match=r"label size \(4, 4\) differs from the logits' \(2, 2\)"):
+        kd(_inputs(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2), label=torch.zeros(1, 1, 4, 4)))
 
 
 # ----------------------------------------------------------------------------------------------------- AT

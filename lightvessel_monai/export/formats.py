@@ -54,9 +54,7 @@ def _check(path: Path, expected: torch.Tensor, actual: torch.Tensor | np.ndarray
     return diff
 
 
-def export_torchscript(
-    network: nn.Module, path: str | os.PathLike, example: torch.Tensor, atol: float = 1e-5
-) -> float:
+def export_torchscript(network: nn.Module, path: str | os.PathLike, example: torch.Tensor, atol: float = 1e-5) -> float:
     """Script (``torch.jit.script``, as MONAI's ``ckpt_export``) and save ``network``; returns the max abs difference
     of the saved module's output from the network's on ``example``."""
     path = Path(path)

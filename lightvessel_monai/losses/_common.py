@@ -31,6 +31,7 @@ __all__ = [
     "check_positive",
     "channel_l2_normalise",
     "check_same_layout",
+    "class_balanced_weights",
     "class_probabilities",
     "full_precision",
     "l2_normalise",
@@ -82,6 +83,7 @@ def soft_kl(
     temperature: float = 1.0,
     activation: str = "softmax",
     scale_by_t2: bool = True,
+    pixel_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Pixel-wise ``KL(p_t || p_s)`` of temperature-softened class distributions, averaged over pixels and batch.
 
@@ -92,6 +94,8 @@ def soft_kl(
     Args:
         student_logits: ``(B, K, H, W)`` or ``(B, K, D, H, W)``, with autograd graph.
         teacher_logits: same shape; treated as a constant (detached).
+        pixel_weight: optional ``(B, H, W)`` or ``(B, D, H, W)`` non-negative weights; the plain mean becomes the
+            weighted mean ``sum(w * kl) / sum(w)`` (see :func:`class_balanced_weights`).
     """
     check_activation(activation)
     if student_logits.shape != teacher_logits.shape:
@@ -110,8 +114,33 @@ def soft_kl(
         pt = torch.sigmoid(q)
         kl = pt * (F.softplus(-s) - F.softplus(-q)) + (1 - pt) * (F.softplus(s) - F.softplus(q))
         per_pixel = kl.sum(dim=1)
-    loss = per_pixel.mean()
+    if pixel_weight is None:
+        loss = per_pixel.mean()
+    else:
+        if pixel_weight.shape != per_pixel.shape:
+            raise ValueError(f"pixel_weight has shape {tuple(pixel_weight.shape)}, expected {tuple(per_pixel.shape)}")
+        w = pixel_weight.detach().float()
+        loss = (w * per_pixel).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
     return loss * (t * t) if scale_by_t2 else loss
+
+
+def class_balanced_weights(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-pixel weights under which every class present in an image carries the same total weight.
+
+    A pixel of class ``c`` in image ``b`` gets ``1 / n_{b,c}``, the inverse of that class's pixel count in the
+    image; so, in a weighted mean, vessels (about 12 % of a DRIVE field of view) and background weigh equally.
+
+    Args:
+        label: ``(B, 1, ...)`` class indices or ``(B, K, ...)`` one-hot, at the logits' spatial size.
+        num_classes: ``K``.
+
+    Returns:
+        ``(B, H, W)`` or ``(B, D, H, W)`` float weights.
+    """
+    onehot = label_to_onehot(label, num_classes)  # (B, K, ...)
+    counts = onehot.flatten(2).sum(dim=2)  # (B, K)
+    inverse = torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), torch.zeros_like(counts))
+    return (onehot * inverse.view(*inverse.shape, *([1] * (onehot.dim() - 2)))).sum(dim=1)
 
 
 def resize_to(x: torch.Tensor, size: Sequence[int], mode: str = "linear") -> torch.Tensor:

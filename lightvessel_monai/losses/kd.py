@@ -14,6 +14,7 @@ import torch
 from lightvessel_monai.losses._common import (
     activation_from_flags,
     check_positive,
+    class_balanced_weights,
     require_teacher_pred,
     soft_kl,
 )
@@ -44,12 +45,21 @@ class KnowledgeDistillation(Distiller):
         sigmoid: the logits are a binary or multi-label head (each channel a Bernoulli distribution); set
             ``softmax=False`` with it, as in MONAI's ``DiceLoss``.
         warmup_iterations: the term is 0 up to this trainer iteration (1-based).
+        class_balanced: not in Hinton et al.; an option of this project. Average the per-pixel KL with
+            :func:`~lightvessel_monai.losses._common.class_balanced_weights` of the label, so that each annotated
+            class (vessel, background) weighs the same, instead of a plain mean that is mostly background. Needs a
+            label at the logits' size and a multi-class (``softmax``) head. Default ``False``: the paper's mean.
     """
 
     method = "KD"
 
     def __init__(
-        self, temperature: float = 4.0, softmax: bool = True, sigmoid: bool = False, warmup_iterations: int = 0
+        self,
+        temperature: float = 4.0,
+        softmax: bool = True,
+        sigmoid: bool = False,
+        warmup_iterations: int = 0,
+        class_balanced: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = check_positive(temperature, f"{self.method} temperature")
@@ -58,6 +68,9 @@ class KnowledgeDistillation(Distiller):
         if int(warmup_iterations) < 0:
             raise ValueError(f"{self.method} warmup_iterations must be >= 0, got {warmup_iterations}")
         self.warmup_iterations = int(warmup_iterations)
+        if class_balanced and self.activation != "softmax":
+            raise ValueError(f"{self.method} class_balanced needs a multi-class head (softmax=True)")
+        self.class_balanced = bool(class_balanced)
 
     def target_logits(self, inputs: DistillationInputs) -> torch.Tensor:
         """The logits the student follows (no graph): the frozen teacher's."""
@@ -66,7 +79,19 @@ class KnowledgeDistillation(Distiller):
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:
         if self.warmup_iterations and inputs.iteration <= self.warmup_iterations:
             return inputs.student_pred.new_zeros(())
-        return soft_kl(inputs.student_pred, self.target_logits(inputs), self.temperature, self.activation)
+        weight = None
+        if self.class_balanced:
+            pred, label = inputs.student_pred, inputs.label
+            if label.shape[2:] != pred.shape[2:]:
+                raise ValueError(
+                    f"{self.method} class_balanced: label size {tuple(label.shape[2:])} differs from the logits' "
+                    f"{tuple(pred.shape[2:])}"
+                )
+            weight = class_balanced_weights(label, pred.shape[1])
+        return soft_kl(
+            inputs.student_pred, self.target_logits(inputs), self.temperature, self.activation, pixel_weight=weight
+        )
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, activation={self.activation!r}"
+        balanced = ", class_balanced=True" if self.class_balanced else ""
+        return f"temperature={self.temperature}, activation={self.activation!r}{balanced}"
