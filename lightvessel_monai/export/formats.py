@@ -88,18 +88,22 @@ def export_onnx(
     spatial = range(2, example.ndim)
     axes = {0: "batch", **({d: f"spatial_{d - 2}" for d in spatial} if dynamic_spatial else {})}
     tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            network,
-            (example,),
-            str(tmp),
-            input_names=["image"],
-            output_names=["pred"],
-            dynamic_axes={"image": axes, "pred": axes},
-            opset_version=opset,
-            dynamo=False,
-        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                network,
+                (example,),
+                str(tmp),
+                input_names=["image"],
+                output_names=["pred"],
+                dynamic_axes={"image": axes, "pred": axes},
+                opset_version=opset,
+                dynamo=False,
+            )
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a network that cannot be exported leaves no file behind
+        raise
     os.replace(tmp, path)
     return _check(path, expected, onnx_predict(path, example), atol, "ONNX file")
 
