@@ -320,3 +320,69 @@ def test_bad_input_a_network_that_cannot_be_exported_to_onnx(tmp_path, capsys):
     code, err = run_main(["--bundle", bundle, "--out", tmp_path / "dist"], capsys)
     assert_one_line_failure(code, err, "cannot be exported to ONNX", "digamma")
     assert not list((tmp_path / "dist").iterdir())
+
+
+def test_a_3d_bundle_packages_and_its_inference_writes_a_nifti_aligned_to_the_input(tmp_path):
+    """The synthetic 3D overlay merged into the packaged configs; metadata from the 3D meta overlay and the network."""
+    import nibabel as nib
+    from monai.bundle import verify_net_in_out
+
+    from lightvessel_monai.data.synthetic_3d import make_synthetic_ct
+
+    overlay, meta_overlay = (
+        REPO / "configs" / "data" / "synthetic_3d.json",
+        REPO / "configs" / "meta" / "synthetic_3d.json",
+    )
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "bundle", bundle, ignore=shutil.ignore_patterns("models", "eval", "data", "runs"))
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "inference.json"), str(overlay)])
+    torch.manual_seed(0)
+    (bundle / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+    args = ["--bundle", bundle, "--out", tmp_path / "dist", "--config_overlay", overlay, "--meta_overlay", meta_overlay]
+    assert main([str(a) for a in args]) == 0
+    (zip_path,) = list((tmp_path / "dist").iterdir())
+    folder = unpack(zip_path, tmp_path / "unpacked")
+    assert folder.name == "lightvessel_liver_vessel_segmentation_3d"
+
+    meta = json.loads((folder / "configs" / "metadata.json").read_text())
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert image["spatial_shape"] == ["16*n"] * 3 and image["modality"] == "CT"
+    assert meta["network_data_format"]["outputs"]["pred"]["spatial_shape"] == ["16*n"] * 3
+    packaged = json.loads((folder / "configs" / "inference.json").read_text())
+    assert packaged["spatial_dims"] == 3 and packaged["network_def"]["_target_"] == "UNet", "the overlay is merged"
+    # MONAI's check of the metadata against the network, with its defaults (n=1: 16^3), in process
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(folder / "configs" / "metadata.json"),
+        config_file=[str(REPO / "bundle" / "configs" / "inference.json"), str(overlay)],
+    )
+    if SCHEMA.is_file():
+        import jsonschema
+
+        jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
+
+    make_synthetic_ct(tmp_path / "ct", num_train=1, num_val=0, shape=(40, 40, 20))
+    (volume,) = sorted((tmp_path / "ct" / "imagesTr").glob("*.nii.gz"))
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(GUARD)
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    guarded = dict(clean, PYTHONPATH=str(guard), LIGHTVESSEL_ALLOWED=str(folder / "scripts"), OMP_NUM_THREADS="1")
+
+    def infer(cwd, config, output_dir, env):
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--input_glob", str(volume)]
+        cmd += ["--output_dir", str(output_dir), "--bundle_root", "."]
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (pred,) = list((output_dir / "predictions").glob("*_seg.nii.gz"))
+        return nib.load(pred)
+
+    packaged_pred = infer(folder, "configs/inference.json", tmp_path / "packaged", guarded)
+    sources = f"['configs/inference.json','{overlay}']"
+    source_pred = infer(bundle, sources, tmp_path / "source", dict(os.environ, OMP_NUM_THREADS="1"))
+    source = nib.load(volume)
+    assert packaged_pred.shape[:3] == source.shape[:3]
+    np.testing.assert_allclose(packaged_pred.affine, source.affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(packaged_pred.dataobj), np.asarray(source_pred.dataobj))
