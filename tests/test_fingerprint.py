@@ -78,3 +78,24 @@ def test_bundle_fingerprint_follows_the_overlays_preprocessing(overlay, tmp_path
         assert fingerprint(clahe_clip_limit=0.02) != base
     else:
         assert fingerprint(pixdim=[1.0, 1.0, 2.0]) != base
+
+
+def test_the_teacher_key_follows_the_data_the_dataset_loads(tmp_path):
+    """MONAI Label replaces ``train#dataset#data`` with its own labels: the teacher cache must follow that list."""
+
+    def fingerprint(**overrides):
+        parser = ConfigParser()
+        parser.read_config(TRAIN)
+        parser["bundle_root"] = str(tmp_path)
+        parser["datalist_file"] = str(tmp_path / "none.json")
+        parser["train#datalist"] = [{"image": "a.png", "label": "a_gt.png"}, {"image": "b.png", "label": "b_gt.png"}]
+        for k, v in overrides.items():
+            parser[k] = v
+        return parser.get_parsed_content("teacher_fingerprint"), parser.get_parsed_content("run_fingerprint")
+
+    base = fingerprint()
+    same = [{"image": "a.png", "label": "a_gt.png"}, {"image": "b.png", "label": "b_gt.png"}]
+    assert fingerprint(**{"train#dataset#data": same}) == base  # the command line's data: the same keys
+    labels = [{"image": "x.png", "label": "x_gt.png"}]  # what MONAI Label's train task puts there
+    teacher_key, run_key = fingerprint(**{"train#dataset#data": labels})
+    assert teacher_key != base[0] and run_key != base[1]
