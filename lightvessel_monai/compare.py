@@ -44,7 +44,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from lightvessel_monai.compare_outputs import ComparisonOutputs, run_folder
-from lightvessel_monai.errors import ConfigKeyError, find_user_error
+from lightvessel_monai.errors import ConfigKeyError, exit_code_of
 from lightvessel_monai.evaluation import count_flops, cpu_latency_ms, evaluate_cases, mean_over_cases
 from lightvessel_monai.networks import count_parameters
 from lightvessel_monai.resources import data_overlay, methods_dir, train_config
@@ -385,8 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         print(f"lightvessel_monai error: --seeds must be comma-separated integers, got '{args.seeds}'", file=sys.stderr)
         return 2
-    try:
-        compare(
+    return exit_code_of(
+        lambda: compare(
             split_methods(args.methods),
             seeds,
             args.budget,
@@ -398,13 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             verbose=args.verbose,
             config_root=args.config_root,
         )
-    except Exception as error:  # a user-fixable error anywhere in the chain is one line; others keep the traceback
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        print(f"lightvessel_monai error: {user_error}", file=sys.stderr)
-        return 1
-    return 0
+    )
 
 
 if __name__ == "__main__":

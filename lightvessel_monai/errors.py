@@ -10,6 +10,7 @@ Python's usual traceback. Importing the package installs nothing (a host such as
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from types import TracebackType
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "CheckpointMismatchError",
     "TrainingDivergedError",
     "install_excepthook",
+    "exit_code_of",
+    "find_user_error",
 ]
 
 
@@ -62,6 +65,20 @@ def find_user_error(exc: BaseException | None) -> LightVesselError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def exit_code_of(call: Callable[[], object]) -> int:
+    """Run a CLI's work: 0 when it returns, 1 with a one-line message for a :class:`LightVesselError` anywhere in the
+    exception chain; any other exception keeps its traceback."""
+    try:
+        call()
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        print(f"lightvessel_monai error: {user_error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 _previous_hook = sys.excepthook

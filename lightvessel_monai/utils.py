@@ -7,9 +7,9 @@ import io
 import os
 import pickle
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -221,18 +221,22 @@ def check_writable(folders: Mapping[str, str | os.PathLike]) -> None:
             raise ConfigKeyError(f"config key '{key}': cannot write to {path} ({reason})") from None
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> str:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, fsync'ed, then ``os.replace``.
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> str:
+    """Call ``write(f)`` on a temporary binary file in ``path``'s folder, fsync it, then ``os.replace`` it to ``path``.
 
     A process killed mid-write leaves the previous file whole (and at most a hidden ``.<name>.*.tmp``, never a
-    truncated ``path``); readers see the old content or the new, never a mix.
+    truncated ``path``); readers see the old content or the new, never a mix. The file gets the permissions of a
+    plainly created one (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -240,6 +244,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise
     return str(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> str:
+    """:func:`atomic_write` of ``text``, UTF-8."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:

@@ -42,3 +42,26 @@ def test_atomic_write_replaces_and_leaves_no_temporary_file(tmp_path):
     assert target.read_text().splitlines() == ["model,dice", "none,0.7", "kd,0.71"]
     atomic_write_text(target, "x\n")
     assert target.read_text() == "x\n" and [p.name for p in target.parent.iterdir()] == ["results.csv"]
+
+
+def test_a_failing_binary_writer_keeps_the_old_file_and_the_new_file_has_plain_permissions(tmp_path):
+    import os
+
+    import pytest
+
+    from lightvessel_monai.utils import atomic_write
+
+    target = tmp_path / "model.zip"
+    atomic_write(target, lambda f: f.write(b"old"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0o600
+
+    def broken(f):
+        f.write(b"half")
+        raise RuntimeError("writer failed")
+
+    with pytest.raises(RuntimeError, match="writer failed"):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip"]

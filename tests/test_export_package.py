@@ -284,11 +284,16 @@ def assert_one_line_failure(code, err, *needles):
         assert needle in lines[0], lines[0]
 
 
-def test_bad_input_a_bundle_without_a_trained_student(tmp_path, capsys):
+def test_bad_input_a_bundle_without_a_trained_student(tmp_path):
+    # through the real CLI, in a fresh interpreter: `python -m lightvessel_monai.export`
     bundle = make_bundle(tmp_path / "bundle")
     (bundle / "models" / "model.pt").unlink()
-    code, err = run_main(["--bundle", bundle, "--out", tmp_path / "dist"], capsys)
-    assert_one_line_failure(code, err, "model.pt does not exist")
+    cmd = [sys.executable, "-m", "lightvessel_monai.export", "--bundle", str(bundle), "--out", str(tmp_path / "dist")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lightvessel_monai error: ")]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert len(errors) == 1 and "model.pt does not exist" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "dist").exists()
 
 

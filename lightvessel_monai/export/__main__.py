@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from lightvessel_monai.errors import find_user_error
+from lightvessel_monai.errors import exit_code_of
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,24 +35,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from lightvessel_monai.export.package import build_package
 
-    try:
-        path = build_package(
-            args.bundle,
-            args.out,
-            config_overlays=args.config_overlay,
-            meta_overlays=args.meta_overlay,
-            name=args.name,
-            checkpoint=args.checkpoint,
-            report_dir=args.report_dir,
+    return exit_code_of(
+        lambda: print(
+            build_package(
+                args.bundle,
+                args.out,
+                config_overlays=args.config_overlay,
+                meta_overlays=args.meta_overlay,
+                name=args.name,
+                checkpoint=args.checkpoint,
+                report_dir=args.report_dir,
+            )
         )
-    except Exception as error:  # a user-fixable error anywhere in the chain is one line; others keep the traceback
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        print(f"lightvessel_monai error: {user_error}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    )
 
 
 if __name__ == "__main__":

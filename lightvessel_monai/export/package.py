@@ -56,7 +56,7 @@ from torch import nn
 
 from lightvessel_monai.errors import LightVesselError
 from lightvessel_monai.export.formats import ExportMismatchError, _check, example_input, export_onnx
-from lightvessel_monai.utils import atomic_write_text, load_state_dict_checked
+from lightvessel_monai.utils import atomic_write, atomic_write_text, load_state_dict_checked, markdown_table
 
 __all__ = ["PackageError", "build_package", "package_name", "LARGE_FILE_BYTES"]
 
@@ -374,10 +374,12 @@ def model_card(
         lines += ["No training report was found (`eval/report.csv` of the bundle): this package gives no measured"]
         lines += ["Dice or latency. Train with the repository's command to produce one, then package again."]
     else:
-        header = f"| model | Dice (validation) | parameters | {report['latency']} |"
-        lines += ["From the run's report (`eval/report.csv`):", "", header, "|---|---|---|---|"]
-        for model, row in report["rows"].items():
-            lines.append(f"| {model} | {row['dice']} | {int(float(row['params'])):,} | {row['cpu_latency_ms']} |")
+        header = ["model", "Dice (validation)", "parameters", report["latency"]]
+        rows = [
+            (model, row["dice"], f"{int(float(row['params'])):,}", row["cpu_latency_ms"])
+            for model, row in report["rows"].items()
+        ]
+        lines += ["From the run's report (`eval/report.csv`):", ""] + markdown_table(header, rows)
         student_row = report["rows"].get("student")
         if student_row and int(float(student_row["params"])) != params:
             lines += ["", f"**Warning:** the report's student has {student_row['params']} parameters, the packaged"]
@@ -422,28 +424,19 @@ def _large_files(staging: Path) -> list[str]:
 
 
 def _zip(staging: Path, folder: str, out: Path, filename: str) -> Path:
+    """Zip ``staging`` under ``folder/`` into ``out/filename`` atomically; an ``out`` this call created is removed on
+    failure, so an error leaves nothing behind."""
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(staging.rglob("*")):
+                if path.is_file():
+                    archive.write(path, f"{folder}/{path.relative_to(staging).as_posix()}")
+
     created = not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=out)
-    except OSError as error:
-        raise PackageError(f"--out {out} is not writable: {error}") from error
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a shared artefact needs
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
-                for path in sorted(staging.rglob("*")):
-                    if path.is_file():
-                        archive.write(path, f"{folder}/{path.relative_to(staging).as_posix()}")
-            f.flush()
-            os.fsync(f.fileno())
-        target = out / filename
-        os.replace(tmp, target)
-        return target
+        return Path(atomic_write(out / filename, write))
     except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
         if created:
             shutil.rmtree(out, ignore_errors=True)
         if isinstance(error, OSError):
