@@ -86,3 +86,31 @@ def test_ct3d_overlay_matches_the_synthetic_pipeline_and_reads_a_user_datalist(t
     rotation = image.affine[:3, :3].numpy()
     np.testing.assert_allclose(np.abs(np.diag(rotation)), [1.2, 1.2, 2.5], atol=0.05)  # resampled
     assert (np.diag(rotation) > 0).all(), "reoriented to RAS"
+
+
+@pytest.mark.integration
+def test_gkd_runs_on_3d_volumes_with_its_act_stage_cached(tmp_path):
+    """GKD in 3D through the command line: the ACT stage trains and caches the TAN, the terms are logged, the
+    validation reports the Fréchet Semantic Distance; a second run reuses the ACT cache."""
+    root = tmp_path / "bundle"
+    data = root / "data" / "synthetic_ct_3d"
+    gkd = str(REPO / "configs" / "methods" / "gkd.json")
+    settings = {
+        **TINY_3D,
+        "dataset_dir": data,
+        "synthetic#num_val": 2,
+        "gkd_psae_iterations": 2,
+        "gkd_act_iterations": 2,
+    }
+    log = "".join(run_bundle("training", ["train.json", OVERLAY, gkd], root, settings, tiny=False).stdout)
+    proc = run_bundle("training", ["train.json", OVERLAY, gkd], root, {**settings, "resume": False}, tiny=False)
+    log, again = log + proc.stderr, proc.stdout + proc.stderr
+    for term in ("loss_gkd_intra", "loss_gkd_inter", "loss_gkd_cross", "loss_gkd_align", "val_semantic_distance"):
+        assert term in again, f"{term} is not logged in 3D"
+    caches = list((root / "models" / "teacher").glob("act_*.pt"))
+    assert len(caches) == 1
+    assert "reusing the cached ACT headers" in again
+    state = torch.load(caches[0], weights_only=True)
+    assert any(k.startswith("teacher_header.") for k in state) and any(
+        k.startswith("label_autoencoder.") for k in state
+    )

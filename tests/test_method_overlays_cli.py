@@ -24,7 +24,7 @@ def shared_root(tmp_path_factory):
 
 
 def test_every_method_overlay_is_listed():
-    assert {"none", "lightvessel", "fsd", "asd", "kd", "at", "cwd", "skd", "emkd", "dskd", "dskd_kd"} <= set(METHODS)
+    assert {"none", "lightvessel", "fsd", "asd", "kd", "at", "cwd", "skd", "emkd", "dskd", "dskd_kd", "gkd"} <= set(METHODS)
 
 
 @pytest.mark.integration
@@ -49,6 +49,7 @@ def test_method_overlay_runs_through_the_command_line(method, shared_root, tmp_p
             "output_dir": str(run / "eval"),
             "teacher_dir": str(shared_root / "teacher"),
             "resume_dir": str(run / "resume"),
+            **({"gkd_psae_iterations": 2, "gkd_act_iterations": 2} if method == "gkd" else {}),
         },
     )
     log = proc.stdout + proc.stderr

@@ -132,8 +132,9 @@ class DistillationTrainer(SupervisedTrainer):
             label=label,
             student_pred=pred,
             teacher_pred=teacher_pred,
-            student_features=self.student_taps.features,
-            teacher_features=self.teacher_taps.features if self.teacher_taps is not None else {},
+            # copies: a term that runs a network again (GKD's views) must not change what later terms read
+            student_features=dict(self.student_taps.features),
+            teacher_features=dict(self.teacher_taps.features) if self.teacher_taps is not None else {},
             iteration=self.state.iteration,
         )
         seg = self.seg_loss(pred, label).mean()

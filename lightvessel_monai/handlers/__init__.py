@@ -4,6 +4,7 @@ from lightvessel_monai.handlers.learning_curve import LearningCurveHandler
 from lightvessel_monai.handlers.progress import ProgressBarHandler
 from lightvessel_monai.handlers.resume import BestCheckpointState, ResumeCheckpoint
 from lightvessel_monai.handlers.self_teacher import SelfTeacherHandler, make_self_teacher
+from lightvessel_monai.handlers.semantic_distance import SemanticDistanceHandler
 from lightvessel_monai.handlers.validation import FinalValidationHandler
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "ProgressBarHandler",
     "ResumeCheckpoint",
     "SelfTeacherHandler",
+    "SemanticDistanceHandler",
     "StopOnNonFiniteLoss",
     "make_self_teacher",
 ]
