@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 
-import matplotlib.pyplot as plt
-
-from lightvessel_monai.figures import draw_dice_panel, save_figure
+from lightvessel_monai.compare_outputs import DicePanel, dice_panels
 
 
 def read_results(path: str) -> tuple[float | None, list[dict[str, str]]]:
@@ -43,15 +41,14 @@ def main() -> None:
         if not sep:
             raise SystemExit(f"plot_comparison: '{item}' is not LABEL=CSV")
         panels.append((label, *read_results(path)))
-    width = max(len(rows) for _, _, rows in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (1.1 * width + 2.0), 4.2), dpi=120, squeeze=False)
     print("| dataset | method | seeds | Dice | 95 % interval | − none | 95 % interval | significant |")
     print("|---|---|---|---|---|---|---|---|")
-    for ax, (label, teacher, rows) in zip(axes[0], panels, strict=True):
+    figure = []
+    for label, teacher, rows in panels:
         means = {r["model"]: float(r["dice_mean"]) for r in rows}
         intervals = {r["model"]: (float(r["dice_ci_low"]), float(r["dice_ci_high"])) for r in rows}
         significant = {r["model"]: r["significant"] == "yes" for r in rows}
-        draw_dice_panel(ax, means, intervals, teacher, label, significant)
+        figure.append(DicePanel(label, means, intervals, teacher, significant))
         for r in rows:
             paired = r["significant"] in ("yes", "no")
             diff = f"{float(r['diff_vs_none']):+.4f}" if paired else "-"
@@ -61,7 +58,7 @@ def main() -> None:
                 f"| {label} | {r['model']} | {r['seeds']} | {float(r['dice_mean']):.4f} | {own} | {diff} | {ci} | "
                 f"{r['significant']} |"
             )
-    save_figure(fig, args.output)
+    dice_panels(figure, args.output)
     print(f"wrote {args.output}")
 
 

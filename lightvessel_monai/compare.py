@@ -22,6 +22,18 @@ side with the same ``none`` runs, e.g. ``--methods "none,lightvessel,lightvessel
 stored under ``runs/<name>+KEY=JSON..._seed<k>/`` and named by its whole spec in every table. With
 ``--set term_grad_interval=N`` every run also records, every N iterations, the gradient norm of each weighted term on
 the student's parameters; ``results.md`` then gets a table of their medians against the segmentation loss's.
+
+Cross-domain evaluation: ``--target-data A[,B...]`` (data overlays, repeatable) evaluates the final weights of every
+run, and the teacher, on every labelled image of each target (its datalist's ``training`` and ``validation``
+sections). A target is never trained or selected on: runs train exactly as without it (same cache key, so finished
+runs are reused and only evaluated), and the network always comes from the source configs (a target's
+``network_def`` is ignored). The target's data pipeline is ``train.json`` + the source overlay + ``--set`` + the
+target overlay, whose own keys win (datalist, preprocessing, inferer, labels, reader, ``eval_mask_key``). Each
+evaluation is cached in ``<run>/targets/<name>.json`` (``teacher/targets/`` for the teacher), keyed by the configs,
+the target overlay and the weights file. The tables get, per target (named by the overlay's file stem), its Dice
+(mean ± std over seeds) and the paired difference from ``none`` on its images with the bootstrap interval, beside the
+source's (``results.csv``: ``<name>_dice_mean`` ... ``<name>_significant``; ``runs.csv``: ``<name>_dice``);
+``dice.png`` gets one panel per target beside the source's.
 """
 
 from __future__ import annotations
@@ -35,16 +47,18 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
+from monai.bundle.utils import merge_kv
 
 from lightvessel_monai.compare_outputs import ComparisonOutputs, run_folder
-from lightvessel_monai.errors import ConfigKeyError, exit_code_of
+from lightvessel_monai.data.checks import load_datalist
+from lightvessel_monai.errors import ConfigKeyError, LightVesselError, exit_code_of
 from lightvessel_monai.evaluation import count_flops, cpu_latency_ms, evaluate_cases, mean_over_cases
 from lightvessel_monai.networks import count_parameters
 from lightvessel_monai.resources import data_overlay, methods_dir, train_config
@@ -53,11 +67,12 @@ from lightvessel_monai.utils import (
     find_bundle_root,
 )
 
-__all__ = ["main", "compare", "method_config", "split_methods", "split_variant"]
+__all__ = ["main", "compare", "method_config", "split_methods", "split_variant", "TargetData"]
 
 logger = logging.getLogger("lightvessel_monai.compare")
 
 NEVER_STEP = 10**9  # a validation interval that never fires: runs are evaluated once, after the budget
+TARGET_SECTIONS = ("training", "validation")  # a target is only evaluated, so every labelled image of it counts
 
 
 def split_methods(text: str) -> list[str]:
@@ -136,6 +151,134 @@ def _model_facts(network: torch.nn.Module, input_shape: Sequence[int], latency_r
     }
 
 
+def _evaluation_inputs(parser: ConfigParser, mask_key: str | None) -> dict[str, Any]:
+    """The data and settings :func:`evaluate_cases` needs, from a parser's ``validate`` section."""
+    return {
+        "dataloader": parser.get_parsed_content("validate#dataloader"),
+        "device": parser.get_parsed_content("device"),
+        "inferer": parser.get_parsed_content("validate#inferer"),
+        "num_classes": int(parser.get_parsed_content("num_classes")),
+        "mask_key": mask_key,
+    }
+
+
+class TargetData:
+    """One ``--target-data`` overlay: data the students are only evaluated on, never trained or selected on.
+
+    Its parser is the source's (``train.json`` + source overlay + ``--set``) with the target overlay merged on top,
+    so that the target's own data keys win over ``--set`` (which is meant for the source runs).
+
+    Args:
+        spec: a path or a name from ``configs/data/``.
+        base_configs: the source's config files, ``train.json`` first.
+        overrides: the comparison's ``--set`` overrides.
+        folder: where the target's merged datalist is written (``<output_dir>/targets``).
+        config_root: as for :func:`~lightvessel_monai.resources.data_overlay`.
+    """
+
+    def __init__(
+        self,
+        spec: str | os.PathLike,
+        base_configs: Sequence[Path],
+        overrides: Mapping[str, Any],
+        folder: Path,
+        config_root: str | os.PathLike | None = None,
+    ) -> None:
+        try:
+            self.overlay = data_overlay(spec, config_root)
+        except ConfigKeyError as err:
+            raise ConfigKeyError(f"--target-data: {err}") from None
+        try:
+            content = json.loads(self.overlay.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise ConfigKeyError(f"--target-data: {self.overlay} is not a readable JSON overlay ({err})") from None
+        if not isinstance(content, dict):
+            raise ConfigKeyError(
+                f"--target-data: {self.overlay} must be a JSON mapping of config keys, not {type(content).__name__}"
+            )
+        self.name = self.overlay.stem
+        self.parser = build_parser(base_configs, overrides)
+        for key, value in content.items():
+            merge_kv(self.parser, key, value)
+        self.folder = folder / self.name
+        # what a cached evaluation depends on besides the weights: every config text and override
+        self.settings_key = _fingerprint(
+            {"configs": [Path(c).read_text() for c in base_configs], "overrides": overrides, "target": content}
+        )
+        self.mask_key = self.parser.get("eval_mask_key", None)
+        self.images: list[str] = []
+        self._inputs: dict[str, Any] | None = None
+
+    def check_fits(self, source: ConfigParser) -> None:
+        """A one-line error when the source's networks cannot take the target's images or labels."""
+        for key in ("spatial_dims", "in_channels", "num_classes"):
+            ours, theirs = self.parser.get_parsed_content(key), source.get_parsed_content(key)
+            if ours != theirs:
+                raise ConfigKeyError(
+                    f"--target-data: {self.overlay} has {key} {ours}, but the source's networks have {theirs}"
+                )
+
+    def prepare(self) -> None:
+        """Write the target's datalist and check every entry: all labelled sections, as one ``validation`` list.
+
+        The configs' own ``validate#datalist`` (file checks, label values, reader) then reads it, so the target's
+        ``validate#dataloader`` and ``validate#preprocessing`` cover every image of the target. A data error names
+        the target overlay.
+        """
+        try:
+            self._prepare()
+        except LightVesselError as err:
+            raise type(err)(f"--target-data {self.overlay}: {err}") from None
+
+    def _prepare(self) -> None:
+        # absolute, so that the entries (joined to this folder) stay valid in the merged datalist written elsewhere
+        original = Path(self.parser.get_parsed_content("datalist_file")).resolve()
+        try:
+            sections = [key for key in TARGET_SECTIONS if key in json.loads(original.read_text())]
+        except (OSError, UnicodeDecodeError, ValueError, TypeError):
+            sections = []  # load_datalist below names what is wrong with the file
+        entries = [entry for key in sections or ["validation"] for entry in load_datalist(str(original), key)]
+        merged = self.folder / "datalist.json"
+        merged.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_json(merged, {"source": str(original), "validation": entries})
+        self.parser["datalist_file"] = str(merged)
+        self.images = [str(entry["image"]) for entry in self.parser.get_parsed_content("validate#datalist")]
+
+    def evaluate(self, load_network: Callable[[], torch.nn.Module], model_file: Path, folder: Path) -> dict[str, Any]:
+        """Metrics of the weights in ``model_file`` on every target image, cached in ``folder/targets/<name>.json``.
+
+        ``load_network`` gives the source's network with those weights; it is only called on a cache miss.
+        """
+        key = _fingerprint(
+            {"settings": self.settings_key, "model": hashlib.sha256(model_file.read_bytes()).hexdigest()}
+        )
+        path = folder / "targets" / f"{self.name}.json"
+        if path.is_file():
+            previous = json.loads(path.read_text())
+            if previous.get("key") == key:
+                return previous
+        if self._inputs is None:
+            self._inputs = _evaluation_inputs(self.parser, self.mask_key)
+        rows, _ = evaluate_cases(load_network(), **self._inputs)
+        result = {
+            "target": self.name,
+            "overlay": str(self.overlay),
+            "key": key,
+            "model": str(model_file),
+            "images": self.images,
+            "metrics": mean_over_cases(rows),
+            "cases": rows,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_json(path, result)
+        return result
+
+
+def _load_weights(network: torch.nn.Module, model_file: Path) -> torch.nn.Module:
+    network.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
+    return network
+
+
 class Comparison:
     """The shared state of one comparison: configs, overrides, the teacher checkpoint and the output folder."""
 
@@ -149,6 +292,7 @@ class Comparison:
         latency_repeats: int = 5,
         verbose: bool = False,
         config_root: str | os.PathLike | None = None,
+        target_data: Sequence[str | os.PathLike] = (),
     ) -> None:
         if budget < 1:
             raise ConfigKeyError(f"--budget must be a positive number of iterations, got {budget}")
@@ -164,17 +308,35 @@ class Comparison:
         self.keep_predictions = keep_predictions
         self.latency_repeats = latency_repeats
         self.verbose = verbose
+        self.source_name = Path(data_config).stem if data_config else "default data"
+        self.targets = [
+            TargetData(spec, self.base_configs, self.overrides, self.output_dir / "targets", config_root)
+            for spec in target_data
+        ]
+        names = [target.name for target in self.targets]
+        if len(set(names)) < len(names):
+            raise ConfigKeyError(f"--target-data: two overlays share a file name ({', '.join(names)})")
+        if self.targets:
+            source = build_parser(self.base_configs, self.overrides)
+            for target in self.targets:
+                target.check_fits(source)
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------------------------------ the teacher
 
     def prepare_teacher(self) -> dict[str, Any]:
-        """Train (or reuse) the shared teacher and evaluate it like the students."""
+        """Train (or reuse) the shared teacher and evaluate it like the students (on the targets too)."""
+        for target in self.targets:  # the targets' data is checked before anything trains
+            target.prepare()
         parser = build_parser(self.base_configs, {**self.overrides, "progress_bar": False})
         parser.get_parsed_content("initialize")
         checkpoint = parser.get_parsed_content("teacher_stage").ensure()
         self.teacher_checkpoint = str(Path(checkpoint).resolve())
         datalist = parser.get_parsed_content("train#datalist")
+        trained = {Path(entry["image"]).resolve() for entry in datalist}
+        for target in self.targets:
+            if shared := trained.intersection(Path(image).resolve() for image in target.images):
+                logger.warning(f"--target-data {target.name}: {len(shared)} of its images are source training images")
         batch_size = int(parser.get_parsed_content("batch_size"))
         self.iterations_per_epoch = math.ceil(len(datalist) / batch_size)
         self.max_epochs = max(1, math.ceil(self.budget / self.iterations_per_epoch))
@@ -192,20 +354,24 @@ class Comparison:
             "cases": rows,
             **_model_facts(teacher, self.input_shape, self.latency_repeats),
         }
+        if self.targets:
+            result["targets"] = self._evaluate_targets(
+                lambda: teacher, Path(self.teacher_checkpoint), self.output_dir / "teacher"
+            )
         self.teacher_predictions = preds
         _atomic_json(self.output_dir / "teacher.json", result)
         return result
 
     def _evaluate(self, parser: ConfigParser, network: torch.nn.Module) -> tuple[list[dict], list[np.ndarray]]:
         return evaluate_cases(
-            network,
-            parser.get_parsed_content("validate#dataloader"),
-            device=parser.get_parsed_content("device"),
-            inferer=parser.get_parsed_content("validate#inferer"),
-            num_classes=int(parser.get_parsed_content("num_classes")),
-            mask_key=self.mask_key,
-            keep_predictions=self.keep_predictions,
+            network, **_evaluation_inputs(parser, self.mask_key), keep_predictions=self.keep_predictions
         )
+
+    def _evaluate_targets(
+        self, load_network: Callable[[], torch.nn.Module], model_file: Path, folder: Path
+    ) -> dict[str, dict[str, Any]]:
+        """``{target name: its result}`` of one set of weights, each cached in ``folder/targets/``."""
+        return {target.name: target.evaluate(load_network, model_file, folder) for target in self.targets}
 
     def _case_images(self, parser: ConfigParser) -> list[dict[str, np.ndarray]]:
         """Image, label and mask of the first validation cases, for the overlay figures."""
@@ -239,13 +405,7 @@ class Comparison:
             "max_epochs": self.max_epochs,
             "teacher": self.teacher_checkpoint,
         }
-        key = _fingerprint(settings)
-        result_file = run_dir / "result.json"
-        if result_file.is_file():
-            previous = json.loads(result_file.read_text())
-            if previous.get("fingerprint") == key:
-                logger.info(f"{method} seed {seed}: finished before, reusing {result_file}")
-                return previous
+        key = _fingerprint(settings)  # the targets are not part of it: they never change how a run trains
         overrides = {
             **self.overrides,
             **variant,
@@ -255,13 +415,33 @@ class Comparison:
             "val_interval": NEVER_STEP,
             "progress_bar": False,
             "ckpt_dir": str(run_dir / "models"),
+            # the shared teacher's folder: what a stage caches beside the teacher (GKD's ACT headers) is shared too
+            "teacher_dir": str(Path(self.teacher_checkpoint).parent),
             "resume_dir": str(run_dir / "resume"),
             "output_dir": str(run_dir / "eval"),
         }
         parser = build_parser(settings["configs"], overrides)
+        result_file = run_dir / "result.json"
+        result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        if result.get("fingerprint") == key and (not self.targets or (run_dir / "model.pt").is_file()):
+            logger.info(f"{method} seed {seed}: finished before, reusing {result_file}")
+        else:
+            result = self._train(parser, method, seed, key, run_dir)
+        if self.targets:  # the weights the source metrics were measured on, on every target image
+            model_file = run_dir / "model.pt"
+            result["targets"] = self._evaluate_targets(
+                lambda: _load_weights(parser.get_parsed_content("network"), model_file), model_file, run_dir
+            )
+        return result
+
+    def _train(self, parser: ConfigParser, method: str, seed: int, key: str, run_dir: Path) -> dict[str, Any]:
+        """Train one student from its parser, save ``model.pt``, evaluate it and write ``result.json``."""
         start = time.perf_counter()
         parser.get_parsed_content("initialize")
-        parser.get_parsed_content("teacher_stage").ensure()  # loads the shared teacher; nothing without one
+        if parser.get("prepare") is not None:  # the stages the method needs first: the teacher, a method's own
+            parser.get_parsed_content("prepare")
+        else:
+            parser.get_parsed_content("teacher_stage").ensure()  # loads the shared teacher; nothing without one
         trainer = parser.get_parsed_content("train#trainer")
         if not self.verbose:  # one line per run instead of one per iteration
             for name in ("monai.handlers.StatsHandler", trainer.logger.name):
@@ -291,7 +471,7 @@ class Comparison:
             "teacher_checkpoint": self.teacher_checkpoint,
             **_model_facts(network, self.input_shape, self.latency_repeats),
         }
-        _atomic_json(result_file, result)
+        _atomic_json(run_dir / "result.json", result)
         return result
 
 
@@ -306,28 +486,49 @@ def compare(
     latency_repeats: int = 5,
     verbose: bool = False,
     config_root: str | os.PathLike | None = None,
+    target_data: Sequence[str | os.PathLike] = (),
 ) -> Path:
-    """Run the comparison and write its tables and figures; returns the path of ``results.md``."""
+    """Run the comparison and write its tables and figures; returns the path of ``results.md``.
+
+    ``target_data``: data overlays the teacher and every run's final weights are also evaluated on (all their
+    labelled images), never trained on; see the module docstring.
+    """
     for name in methods:
         method_config(name, config_root)  # fail before any training on a typo or a malformed variant
     comparison = Comparison(
-        data_config, output_dir, budget, overrides, keep_predictions, latency_repeats, verbose, config_root
+        data_config,
+        output_dir,
+        budget,
+        overrides,
+        keep_predictions,
+        latency_repeats,
+        verbose,
+        config_root,
+        target_data=target_data,
     )
     teacher = comparison.prepare_teacher()
-    print(f"teacher: Dice {teacher['metrics']['dice']:.4f} ({comparison.teacher_checkpoint})", flush=True)
+    print(
+        f"teacher: Dice {teacher['metrics']['dice']:.4f}{_target_dice(teacher)} ({comparison.teacher_checkpoint})",
+        flush=True,
+    )
     results = []
     for name in methods:
         for seed in seeds:
             result = comparison.run(name, seed)
             results.append(result)
             print(
-                f"{name} seed {seed}: Dice {result['metrics']['dice']:.4f}, "
+                f"{name} seed {seed}: Dice {result['metrics']['dice']:.4f}{_target_dice(result)}, "
                 f"{result['iterations']} iterations in {result['train_seconds']:.0f} s",
                 flush=True,
             )
     ComparisonOutputs(comparison).write(teacher, results, methods)
     print((comparison.output_dir / "results.md").read_text(), flush=True)
     return comparison.output_dir / "results.md"
+
+
+def _target_dice(result: Mapping[str, Any]) -> str:
+    """``", on xca 0.7123"`` per target of a result, for the progress lines ("" without targets)."""
+    return "".join(f", on {name} {t['metrics']['dice']:.4f}" for name, t in result.get("targets", {}).items())
 
 
 def _median_grad_norms(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -358,6 +559,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--budget", type=int, required=True, help="training iterations per student (rounded up to epochs)"
     )
     parser.add_argument("--output_dir", default="runs/compare", help="everything is written under this folder")
+    parser.add_argument(
+        "--target-data",
+        dest="target_data",
+        action="append",
+        default=[],
+        metavar="OVERLAY[,OVERLAY...]",
+        help="data overlays (paths or names, comma-separated, repeatable) that the teacher and every run's final "
+        "weights are also evaluated on, all their labelled images (training and validation sections); never "
+        "trained or selected on, so finished runs are reused. The target's data keys win over --set; the network "
+        "is always the source's",
+    )
     parser.add_argument(
         "--set",
         dest="sets",
@@ -397,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             latency_repeats=args.latency_repeats,
             verbose=args.verbose,
             config_root=args.config_root,
+            target_data=[spec for item in args.target_data for spec in _split(item)],
         )
     )
 

@@ -1,6 +1,10 @@
 """The outputs of a comparison: ``runs.csv``, ``results.csv``/``results.md`` with paired differences and their
 bootstrap intervals, the Dice figure and the overlay figures. :mod:`lightvessel_monai.compare` runs the students;
-this module only reads their results."""
+this module only reads their results.
+
+With ``--target-data``, every result also holds ``targets``: ``{name: {"metrics", "cases"}}`` on each target's
+images. The tables get the same Dice summary and paired difference per target, in columns prefixed ``<name>_``
+(CSV) or titled by the target (Markdown), beside the source's; ``dice.png`` gets one panel per target."""
 
 from __future__ import annotations
 
@@ -8,13 +12,14 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from lightvessel_monai.evaluation import summarise
-from lightvessel_monai.figures import dice_bar_chart, middle_slice, overlay_grid
+from lightvessel_monai.figures import dice_bar_chart, draw_dice_panel, middle_slice, overlay_grid, save_figure
 from lightvessel_monai.metrics import METRIC_NAMES
 from lightvessel_monai.significance import bootstrap_mean_ci, paired_difference
 from lightvessel_monai.utils import atomic_write_text, csv_text, markdown_table
@@ -22,10 +27,29 @@ from lightvessel_monai.utils import atomic_write_text, csv_text, markdown_table
 if TYPE_CHECKING:
     from lightvessel_monai.compare import Comparison
 
-__all__ = ["ComparisonOutputs", "run_folder", "BASELINE", "CI_LEVEL"]
+__all__ = ["ComparisonOutputs", "DicePanel", "dice_panels", "run_folder", "BASELINE", "CI_LEVEL"]
 
 BASELINE = "none"  # the method every other one is paired with
 CI_LEVEL = 0.95
+
+
+class DicePanel(NamedTuple):
+    """One panel of :func:`dice_panels`, the arguments of :func:`~lightvessel_monai.figures.draw_dice_panel`."""
+
+    title: str
+    means: Mapping[str, float]
+    intervals: Mapping[str, tuple[float, float]]
+    reference: float | None = None
+    significant: Mapping[str, bool] | None = None
+
+
+def dice_panels(panels: Sequence[DicePanel], path: str) -> str:
+    """Several Dice bar charts side by side in one PNG (datasets of one comparison, or several comparisons)."""
+    width = max(len(panel.means) for panel in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (1.1 * width + 2.0), 4.2), dpi=120, squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        draw_dice_panel(ax, panel.means, panel.intervals, panel.reference, panel.title, panel.significant)
+    return save_figure(fig, path)
 
 
 class ComparisonOutputs:
@@ -33,7 +57,8 @@ class ComparisonOutputs:
 
     Args:
         comparison: the :class:`~lightvessel_monai.compare.Comparison` whose teacher and runs are reported (its
-            output folder, evaluation settings, validation cases and teacher predictions are read, nothing else).
+            output folder, evaluation settings, validation cases, teacher predictions and targets are read, nothing
+            else).
     """
 
     def __init__(self, comparison: Comparison) -> None:
@@ -45,6 +70,8 @@ class ComparisonOutputs:
         self.iterations_per_epoch = comparison.iterations_per_epoch
         self.cases = comparison.cases
         self.teacher_predictions = comparison.teacher_predictions
+        self.source_name = comparison.source_name
+        self.targets = {target.name: target for target in comparison.targets}
 
     def write(self, teacher: dict[str, Any], results: Sequence[dict[str, Any]], methods: Sequence[str]) -> None:
         run_rows = [
@@ -55,10 +82,12 @@ class ComparisonOutputs:
                 "train_seconds": r["train_seconds"],
             }
             | {m: round(r["metrics"][m], 4) for m in METRIC_NAMES}
+            | {f"{t}_dice": round(r["targets"][t]["metrics"]["dice"], 4) for t in self.targets}
             for r in results
         ]
         atomic_write_text(self.output_dir / "runs.csv", csv_text(run_rows))
         table: list[dict[str, Any]] = []
+        target_cells: list[dict[str, Any]] = []
         for name in ["teacher", *methods]:
             runs = [teacher] if name == "teacher" else [r for r in results if r["method"] == name]
             row: dict[str, Any] = {"model": name, "seeds": len(runs) if name != "teacher" else "-"}
@@ -70,27 +99,42 @@ class ComparisonOutputs:
             if name != "teacher":
                 row.update(self._intervals(name, results))
             table.append(row)
-        fields = list(dict.fromkeys(key for row in table for key in row))  # the teacher has no intervals
+            target_cells.append({})
+            for target in self.targets:  # the same summary and intervals on the target's images
+                cells = target_cells[-1]
+                dice = [r["targets"][target]["metrics"]["dice"] for r in runs]
+                cells[f"{target}_dice_mean"], cells[f"{target}_dice_std"] = summarise(dice)
+                if name != "teacher":
+                    cells.update({f"{target}_{k}": v for k, v in self._intervals(name, results, target).items()})
+        # the source's columns first (the teacher has no intervals), then each target's
+        fields = list(dict.fromkeys(key for row in table for key in row))
+        fields += list(dict.fromkeys(key for cells in target_cells for key in cells))
+        table = [row | cells for row, cells in zip(table, target_cells, strict=True)]
         atomic_write_text(self.output_dir / "results.csv", csv_text(table, fields, restval="-"))
         atomic_write_text(self.output_dir / "results.md", self._markdown(table) + _grad_markdown(results, methods))
-        students = [row for row in table if row["model"] != "teacher"]
-        dice_bar_chart(
-            {row["model"]: row["dice_mean"] for row in students},
-            {row["model"]: (row["dice_ci_low"], row["dice_ci_high"]) for row in students},
-            str(self.output_dir / "dice.png"),
-            reference=table[0]["dice_mean"],
-            significant={row["model"]: row["significant"] == "yes" for row in students},
-            title=f"Dice per method ({CI_LEVEL:.0%} bootstrap interval over seeds and cases)",
-        )
+        self._dice_figure(table)
         self._overlays(teacher, results, methods)
 
-    def _intervals(self, name: str, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Bootstrap interval of the method's Dice and its paired difference from ``none`` (same seeds and cases)."""
-        scores = _dice_table(results, name)
+    def _dice_figure(self, table: Sequence[dict[str, Any]]) -> None:
+        """``dice.png``: the source's Dice per method; with targets, one panel per dataset side by side."""
+        source = _dice_panel(table, "", f"Dice per method ({CI_LEVEL:.0%} bootstrap interval over seeds and cases)")
+        path = str(self.output_dir / "dice.png")
+        if not self.targets:
+            dice_bar_chart(source.means, source.intervals, path, source.reference, source.title, source.significant)
+            return
+        panels = [source._replace(title=f"source {self.source_name}: validation split")]
+        for name, target in self.targets.items():
+            panels.append(_dice_panel(table, f"{name}_", f"target {name}: all {len(target.images)} images"))
+        dice_panels(panels, path)
+
+    def _intervals(self, name: str, results: Sequence[dict[str, Any]], target: str | None = None) -> dict[str, Any]:
+        """Bootstrap interval of the method's Dice and its paired difference from ``none`` (same seeds and cases),
+        on the source's validation cases or on a target's images."""
+        scores = _dice_table(results, name, target)
         own = _finite_columns(np.stack(list(scores.values())))
         _, low, high = bootstrap_mean_ci(own[0], level=CI_LEVEL) if own[0].size else (0.0, math.nan, math.nan)
         row: dict[str, Any] = {"dice_ci_low": low, "dice_ci_high": high}
-        baseline = _dice_table(results, BASELINE)
+        baseline = _dice_table(results, BASELINE, target)
         seeds = sorted(set(scores) & set(baseline))
         if name == BASELINE or not seeds:
             unpaired = {"diff_vs_none": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan}
@@ -114,12 +158,14 @@ class ComparisonOutputs:
             digits = 2 if metric == "hd95" else 4
             return f"{mean:.{digits}f} ± {std:.{digits}f}" if row["model"] != "teacher" else f"{mean:.{digits}f}"
 
-        header = ["model", "seeds", "Dice", "IoU", "sensitivity", "specificity", "accuracy", "clDice", "HD95 (px)"]
+        header = ["model", "seeds", "Dice", *(f"{t} Dice" for t in self.targets)]
+        header += ["IoU", "sensitivity", "specificity", "accuracy", "clDice", "HD95 (px)"]
         header += ["params", "GFLOPs", "CPU ms", "iterations"]
         lines = markdown_table(
             header,
             (
-                [row["model"], row["seeds"], *(cell(row, m) for m in METRIC_NAMES)]
+                [row["model"], row["seeds"], cell(row, "dice"), *(cell(row, f"{t}_dice") for t in self.targets)]
+                + [cell(row, m) for m in METRIC_NAMES[1:]]
                 + [f"{row['params']:,}", f"{row['gflops']:.2f}", f"{row['cpu_latency_ms']:.1f}", row["iterations"]]
                 for row in table
             ),
@@ -133,25 +179,32 @@ class ComparisonOutputs:
             f"FLOPs and CPU latency (median of {self.latency_repeats}, {torch.get_num_threads()} threads) for one "
             f"{shape} input. Every student: {self.max_epochs} epochs x {self.iterations_per_epoch} iterations.",
         ]
+        if self.targets:
+            described = [
+                f"`{name}` ({len(t.images)} images{f' inside `{t.mask_key}`' if t.mask_key else ''}, `{t.overlay}`)"
+                for name, t in self.targets.items()
+            ]
+            lines[-1] += (
+                " Target columns: the same final weights on every labelled image (training and validation sections) "
+                f"of data no model was trained or selected on: {', '.join(described)}."
+            )
         paired = [row for row in table if row["model"] not in ("teacher", BASELINE) and row["paired_seeds"]]
         if paired:
-            rows = []
-            for row in paired:
-                diff = f"{row['diff_vs_none']:+.4f}"
-                interval = f"[{row['diff_ci_low']:+.4f}, {row['diff_ci_high']:+.4f}]"
-                if row["significant"] == "yes":
-                    diff, interval = f"**{diff}**", f"**{interval}**"
-                rows.append(
-                    [row["model"], row["paired_seeds"], f"{row['dice_mean']:.4f}", diff, interval, row["significant"]]
-                )
+            rows = [
+                [row["model"], row["paired_seeds"], *_paired_cells(row)]
+                + [cell for t in self.targets for cell in _paired_cells(row, f"{t}_")]
+                for row in paired
+            ]
+            header = ["model", "seeds", "Dice", f"Dice − {BASELINE}", f"{CI_LEVEL:.0%} interval", "significant"]
+            for t in self.targets:
+                header += [f"{t} Dice", f"{t} Dice − {BASELINE}", f"{t} {CI_LEVEL:.0%} interval", f"{t} significant"]
             lines += [
                 "",
                 f"Dice difference from `{BASELINE}`, paired seed by seed and case by case, with its {CI_LEVEL:.0%} "
-                "bootstrap interval (seeds and cases resampled); **bold** where the interval excludes 0.",
+                "bootstrap interval (seeds and cases resampled); **bold** where the interval excludes 0."
+                + (" On a target the cases are all its images." if self.targets else ""),
                 "",
-                *markdown_table(
-                    ["model", "seeds", "Dice", f"Dice − {BASELINE}", f"{CI_LEVEL:.0%} interval", "significant"], rows
-                ),
+                *markdown_table(header, rows),
             ]
         return "\n".join(lines) + "\n"
 
@@ -212,13 +265,42 @@ def _grad_markdown(results: Sequence[dict[str, Any]], methods: Sequence[str]) ->
     )
 
 
-def _dice_table(results: Sequence[dict[str, Any]], method: str) -> dict[int, np.ndarray]:
-    """``{seed: per-case Dice}`` of one method's runs (cases in validation order)."""
+def _dice_table(results: Sequence[dict[str, Any]], method: str, target: str | None = None) -> dict[int, np.ndarray]:
+    """``{seed: per-case Dice}`` of one method's runs (cases in validation order, or the target's images in its
+    datalist's order)."""
     return {
-        int(r["seed"]): np.array([case["dice"] for case in r["cases"]], dtype=np.float64)
+        int(r["seed"]): np.array(
+            [case["dice"] for case in (r["cases"] if target is None else r["targets"][target]["cases"])],
+            dtype=np.float64,
+        )
         for r in results
         if r["method"] == method
     }
+
+
+def _paired_cells(row: Mapping[str, Any], prefix: str = "") -> list[Any]:
+    """Dice, difference from ``none``, its interval and significance (bold when significant) of one results row,
+    from its ``<prefix>dice_mean``... columns (``prefix`` ``"<target>_"`` for a target's)."""
+    dice = f"{row[f'{prefix}dice_mean']:.4f}"
+    if not row[f"{prefix}paired_seeds"]:
+        return [dice, "-", "-", "-"]
+    diff = f"{row[f'{prefix}diff_vs_none']:+.4f}"
+    interval = f"[{row[f'{prefix}diff_ci_low']:+.4f}, {row[f'{prefix}diff_ci_high']:+.4f}]"
+    if row[f"{prefix}significant"] == "yes":
+        diff, interval = f"**{diff}**", f"**{interval}**"
+    return [dice, diff, interval, row[f"{prefix}significant"]]
+
+
+def _dice_panel(table: Sequence[Mapping[str, Any]], prefix: str, title: str) -> DicePanel:
+    """The students' Dice (``<prefix>dice_mean`` ...) of a results table, the teacher's as the reference line."""
+    students = [row for row in table if row["model"] != "teacher"]
+    return DicePanel(
+        title,
+        {row["model"]: row[f"{prefix}dice_mean"] for row in students},
+        {row["model"]: (row[f"{prefix}dice_ci_low"], row[f"{prefix}dice_ci_high"]) for row in students},
+        table[0][f"{prefix}dice_mean"],
+        {row["model"]: row[f"{prefix}significant"] == "yes" for row in students},
+    )
 
 
 def _finite_columns(*tables: np.ndarray) -> list[np.ndarray]:

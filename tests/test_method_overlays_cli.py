@@ -24,7 +24,8 @@ def shared_root(tmp_path_factory):
 
 
 def test_every_method_overlay_is_listed():
-    assert {"none", "lightvessel", "fsd", "asd", "kd", "at", "cwd", "skd", "emkd", "dskd", "dskd_kd", "gkd"} <= set(METHODS)
+    methods = {"none", "lightvessel", "fsd", "asd", "kd", "at", "cwd", "skd", "emkd", "dskd", "dskd_kd", "gkd"}
+    assert methods <= set(METHODS)
 
 
 @pytest.mark.integration

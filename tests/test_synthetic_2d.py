@@ -182,11 +182,11 @@ def test_interrupted_generation_is_not_a_valid_cache(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = synthetic_2d.generate_angiogram
 
-    def dying(seed: int, size: int = 512):
+    def dying(seed: int, size: int = 512, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(seed, size)
+        return real(seed, size, **kwargs)
 
     monkeypatch.setattr(synthetic_2d, "generate_angiogram", dying)
     with pytest.raises(KeyboardInterrupt):

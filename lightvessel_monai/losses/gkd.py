@@ -20,8 +20,9 @@ What the paper leaves open, and what is chosen here (marked "choice" in the docs
   of relational contrastive distillation); the student's edge ``e`` is a positive for the teacher's edge at the same
   place and a negative for all other teacher edges of that graph. Teacher edges are constants.
 - **Temperature** ``tau = 0.1``, the common InfoNCE value (SimCLR, CRD use 0.07-0.5).
-- **Views.** 2 views per image of MONAI intensity transforms (contrast gamma 0.5-2, Gaussian noise sd 0.1, Gaussian
-  blur half of the time): the style shifts that separate imaging domains, leaving the anatomy where it is.
+- **Views.** Intensity views of MONAI transforms (contrast gamma 0.5-2, Gaussian noise sd 0.1, Gaussian blur half
+  of the time): the style shifts that separate imaging domains, leaving the anatomy where it is. The overlay uses 1
+  view per image (each view costs a pass of both encoders); the class default is 2.
 - **Cross supervision.** ``KL(p_teacher || p_cross)`` at T = 1 for both cross predictions; the student's own label
   loss is the trainer's segmentation loss.
 - **ACT.** ``DiceCE(reconstruction, label) + KL(p_own || p_reconstruction) + ||z - z_label||^2 +
