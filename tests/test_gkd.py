@@ -1,5 +1,6 @@
 """GKD: MSAN headers, DCGD, DICD, the SAN's online ACT, the ACT stage's cache and the Fréchet Semantic Distance."""
 
+import gc
 import math
 
 import pytest
@@ -217,6 +218,10 @@ def test_header_exchange_decodes_each_vector_into_the_other_models_decoder(dims)
     assert not torch.allclose(student_cross, inputs.student_pred)
     # computed once per step: every term of the iteration reads the same vectors
     assert semantics.compute(inputs) is vectors
+    # and dropped with the step's inputs, so the student's graph is not kept into the next iteration
+    del inputs, vectors, student_cross, teacher_cross
+    gc.collect()
+    assert semantics._cache is None
 
 
 def test_views_change_intensities_and_are_reproducible():

@@ -36,6 +36,7 @@ vectors are ``(B, D)``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -269,7 +270,9 @@ class GKDSemantics(nn.Module):
         self.num_classes = int(num_classes)
         self.views = int(views)
         self.augmentation = augmentation if augmentation is not None else default_views(seed)
-        self._cache: tuple[DistillationInputs, SemanticVectors] | None = None
+        # weakly keyed by the step's inputs: the vectors (and the student's graph they hold) go when the step's
+        # inputs go, not one iteration later
+        self._cache: tuple[weakref.ref, SemanticVectors] | None = None
 
     # -- the pieces, per model ------------------------------------------------------------------------------
 
@@ -316,7 +319,7 @@ class GKDSemantics(nn.Module):
 
     def compute(self, inputs: DistillationInputs) -> SemanticVectors:
         """Anchors from the trainer's taps, views from extra forward passes; cached for the iteration's terms."""
-        if self._cache is not None and self._cache[0] is inputs:
+        if self._cache is not None and self._cache[0]() is inputs:
             return self._cache[1]
         student_bottleneck = tap_feature(inputs.student_features, self.tap, "student", "GKD")
         teacher_bottleneck = tap_feature(inputs.teacher_features, self.tap, "teacher", "GKD")
@@ -326,11 +329,16 @@ class GKDSemantics(nn.Module):
             teacher = self.teacher_header.encode(teacher_bottleneck.detach())
             teacher_views = self.encode_views("teacher", inputs.image, views)
         vectors = SemanticVectors(self.student_header.encode(student_bottleneck), teacher, student_views, teacher_views)
-        self._cache = (inputs, vectors)
+        self._cache = (weakref.ref(inputs), vectors)
+        weakref.finalize(inputs, self._drop_dead)
         return vectors
 
     def forget(self) -> None:
         self._cache = None
+
+    def _drop_dead(self) -> None:
+        if self._cache is not None and self._cache[0]() is None:
+            self._cache = None
 
 
 class _GKDTerm(Distiller):
