@@ -1,4 +1,5 @@
-"""Figures of a method comparison: a Dice bar chart and prediction overlays (PNG, via matplotlib's Agg backend)."""
+"""Figures (PNG, via matplotlib's Agg backend): a method comparison's Dice bar chart and prediction overlays, and the
+pictures of a training run (loss terms and validation Dice against iteration, validation overlays per epoch)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ __all__ = [
     "save_figure",
     "error_overlay",
     "learning_curve_plot",
+    "loss_curve_plot",
     "overlay_grid",
     "middle_slice",
+    "most_foreground_slice",
+    "validation_overlay_figure",
 ]
 
 
@@ -145,3 +149,113 @@ def overlay_grid(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _write_png(fig: plt.Figure, path: str) -> str:
+    """Write ``fig`` as PNG with :func:`lightvessel_monai.utils.atomic_write` (hidden temporary file, fsync, rename)."""
+    from lightvessel_monai.utils import atomic_write
+
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def most_foreground_slice(label: np.ndarray) -> int:
+    """Index along the last axis of the slice of a 3D map with the most foreground (> 0); the middle one if none.
+
+    After ``Orientationd(axcodes="RAS")`` the last axis runs inferior to superior, so this is an axial slice. Ties
+    go to the first such slice, so the choice is deterministic.
+    """
+    counts = (np.asarray(label) > 0).reshape(-1, label.shape[-1]).sum(axis=0)
+    return int(np.argmax(counts)) if counts.max(initial=0) > 0 else label.shape[-1] // 2
+
+
+def validation_overlay_figure(cases: list[Mapping[str, object]], path: str, title: str = "") -> str:
+    """One PNG, one row per case: the image, the annotation, the prediction and their error overlay.
+
+    Each case maps ``image``, ``label``, ``pred`` to ``(H, W)`` arrays (intensities; class maps, foreground > 0),
+    with optional ``mask`` (region of interest, darkened outside), ``dice`` (shown in the row) and ``title``
+    (the case's name). The error overlay is :func:`error_overlay`: true positives white, false positives red,
+    false negatives blue. Written atomically.
+    """
+    rows = max(len(cases), 1)
+    fig, axes = plt.subplots(rows, 4, figsize=(10.4, 2.7 * rows + 0.4), dpi=100, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for row, case in zip(axes, cases, strict=False):
+        image, label, pred = (np.asarray(case[k]) for k in ("image", "label", "pred"))
+        mask = None if case.get("mask") is None else np.asarray(case["mask"])
+        dice = case.get("dice")
+        panels = [
+            (str(case.get("title") or "image"), image, "gray"),
+            ("annotation", label > 0, "gray"),
+            ("prediction", pred > 0, "gray"),
+            ("TP white, FP red, FN blue" + ("" if dice is None else f" (Dice {float(dice):.3f})"), None, None),
+        ]
+        for ax, (name, data, cmap) in zip(row, panels, strict=True):
+            shown = error_overlay(image, label, pred, mask) if data is None else data
+            ax.imshow(shown, cmap=cmap, interpolation="nearest")
+            ax.set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _write_png(fig, path)
+
+
+def _smoothed(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over ``window`` finite points (NaN where the window holds none)."""
+    finite = np.isfinite(values)
+    sums = np.cumsum(np.where(finite, values, 0.0))
+    counts = np.cumsum(finite)
+    sums[window:], counts[window:] = sums[window:] - sums[:-window], counts[window:] - counts[:-window]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def loss_curve_plot(
+    losses: Mapping[str, tuple[list[int], list[float]]],
+    validation: tuple[list[int], list[float]] | None,
+    path: str,
+    title: str = "",
+    metric_label: str = "validation Dice",
+) -> str:
+    """Two panels over the training iteration: every loss term (``{term: (iterations, values)}``), and the
+    validation metric (``(iterations, values)``, or ``None``). Write a PNG atomically.
+
+    The loss axis is logarithmic; when a term takes values <= 0 (an adversarial WGAN term) it is symmetric-log
+    (linear around 0). With many iterations each term is drawn faintly with its moving average (1 % of the run) on top.
+    """
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.0, 6.4), dpi=110, sharex=True, height_ratios=[3, 2])
+    finite = np.concatenate([np.asarray(v, dtype=float) for _, v in losses.values()] or [np.zeros(0)])
+    finite = finite[np.isfinite(finite)]
+    for i, (term, (iterations, values)) in enumerate(losses.items()):
+        x, y = np.asarray(iterations), np.asarray(values, dtype=float)
+        color = f"C{i % 10}"
+        window = len(y) // 100
+        if window > 1:
+            top.plot(x, y, color=color, alpha=0.25, linewidth=0.6)
+            top.plot(x, _smoothed(y, window), color=color, linewidth=1.2, label=term)
+        else:
+            top.plot(x, y, color=color, linewidth=1.0, marker="." if len(y) < 50 else None, label=term)
+    if finite.size and finite.min() > 0:
+        top.set_yscale("log")
+    elif finite.size:
+        nonzero = np.abs(finite[finite != 0])
+        top.set_yscale("symlog", linthresh=float(np.percentile(nonzero, 10)) if nonzero.size else 1.0)
+    top.set_ylabel("loss term")
+    top.grid(alpha=0.3, which="both")
+    if losses:
+        top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
+    if validation and validation[0]:
+        iterations, values = validation
+        bottom.plot(iterations, values, marker="o", markersize=3, color="C3", label=f"best {max(values):.4f}")
+        bottom.legend(loc="lower right", fontsize=8)
+    else:
+        bottom.text(0.5, 0.5, "no validation", ha="center", va="center", transform=bottom.transAxes)
+    bottom.set_ylabel(metric_label)
+    bottom.set_xlabel("training iteration")
+    bottom.grid(alpha=0.3)
+    if title:
+        top.set_title(title)
+    return _write_png(fig, path)

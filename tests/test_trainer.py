@@ -33,13 +33,21 @@ def batches(spatial_dims: int, n: int = 3, size: int = 32):
 
 
 def make_trainer(
-    spatial_dims, max_epochs=1, handlers=(), critic=False, student_taps=TAPS, seed=0, term_grad_interval=0
+    spatial_dims,
+    max_epochs=1,
+    handlers=(),
+    critic=False,
+    student_taps=TAPS,
+    seed=0,
+    term_grad_interval=0,
+    device="cpu",
+    amp=False,
 ):
     """A LightVessel trainer on tiny networks; ``critic`` puts ASD's critic update in the asd term's handlers."""
     torch.manual_seed(0)  # the teacher is the same in every call, as if loaded from its checkpoint
     teacher = tiny_unet(spatial_dims, features=(8, 8, 16, 16, 32, 8))
     torch.manual_seed(seed)
-    student = tiny_unet(spatial_dims)
+    student = tiny_unet(spatial_dims).to(device)
     disc = SimilarityDiscriminator(spatial_dims, in_channels=2, channels=(4, 8))
     asd = AdversarialSimilarityDistillation(disc)
     fsd = FeatureSimilarityDistillation([["enc1", "dec1"], ["enc2", "dec2"]])
@@ -48,9 +56,10 @@ def make_trainer(
     handler_objs = [h(asd, d_opt, student, opt) for h in handlers]
     asd_term = {"loss": asd, "weight": 0.5}
     if critic:
-        asd_term["handlers"] = [AdversarialUpdateHandler(asd, d_opt)]
+        asd_term["handlers"] = [AdversarialUpdateHandler(asd, d_opt, amp=amp)]
     trainer = DistillationTrainer(
-        device="cpu",
+        device=device,
+        amp=amp,
         max_epochs=max_epochs,
         train_data_loader=batches(spatial_dims),
         network=student,
@@ -217,6 +226,40 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     for a, b in zip(disc.parameters(), disc2.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     assert not os.path.exists(path), "a completed run removes its resume file"
+
+
+def test_resume_checkpoint_holds_the_grad_scaler(tmp_path):
+    """With AMP the trainer's GradScaler is part of the resume state (a CPU scaler here; tests/test_cuda.py runs the
+    real CUDA AMP path)."""
+    trainer, _, student, _ = make_trainer(2, max_epochs=2)
+
+    def cpu_scaler(engine):  # MONAI's Trainer.run creates the (CUDA) scaler at the start of the run; replace it
+        engine.scaler = torch.amp.GradScaler("cpu", init_scale=512.0)
+
+    trainer.add_event_handler(Events.STARTED, cpu_scaler)
+    handler = ResumeCheckpoint(str(tmp_path), {"network": student})
+    handler.attach(trainer)
+
+    def kill(engine):
+        if engine.state.epoch == 2:
+            raise Killed()
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, kill)
+    with pytest.raises(Killed):
+        trainer.run()
+    saved = torch.load(tmp_path / "resume.pt", weights_only=True)
+    assert saved["scaler"]["scale"] == 512.0
+
+    fresh, _, student2, _ = make_trainer(2, max_epochs=2)
+    fresh.scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    ResumeCheckpoint(str(tmp_path), {"network": student2}).load(fresh)
+    assert fresh.scaler.get_scale() == 512.0
+    # without AMP there is no scaler state to save
+    plain, _, student3, _ = make_trainer(2)
+    plain_handler = ResumeCheckpoint(str(tmp_path / "plain"), {"network": student3})
+    plain_handler.attach(plain)
+    plain_handler.save(plain)
+    assert "scaler" not in torch.load(tmp_path / "plain" / "resume.pt", weights_only=True)
 
 
 def _separate_backward_norms(trainer, teacher, student, batch):

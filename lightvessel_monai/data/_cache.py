@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from lightvessel_monai.errors import DataError
 from lightvessel_monai.utils import atomic_write_text
@@ -161,6 +162,26 @@ def write_synthetic_dataset(
     if cache_valid(datalist_path, generator):
         log.info("reusing %s in %s", what, root)
         return str(datalist_path)
+    # One writer: the ranks of a torchrun job (or two runs) start together; the others wait, then reuse the cache.
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root.parent / f".{root.name}.lock")):
+        if cache_valid(datalist_path, generator):
+            log.info("reusing %s in %s, written while this process waited", what, root)
+            return str(datalist_path)
+        return _generate(root, generator, names, file_re, info, write_pair, what, log)
+
+
+def _generate(
+    root: Path,
+    generator: dict,
+    names: list[str],
+    file_re: re.Pattern,
+    info: dict,
+    write_pair: Callable[[int, Path, Path], None],
+    what: str,
+    log: logging.Logger,
+) -> str:
+    datalist_path = root / "dataset.json"
     img_dir, lbl_dir = prepare_dataset_dirs(root, names, file_re, info["name"])
     log.info("generating %d %s in %s", len(names), what, root)
     entries = []

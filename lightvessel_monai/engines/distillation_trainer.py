@@ -7,10 +7,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from torch import nn
 
+from lightvessel_monai.distributed import average_gradients, broadcast_tensors, is_distributed, unwrap
 from lightvessel_monai.features import FeatureTaps, InputTap
 from lightvessel_monai.losses.base import DistillationInputs
 from lightvessel_monai.losses.terms import DistillationTerm, parse_terms
@@ -90,11 +92,12 @@ class DistillationTrainer(SupervisedTrainer):
             teacher.requires_grad_(False)
         for term in self.terms.values():
             term.loss.to(device)
-        self.student_taps = FeatureTaps(network, student_taps)
+        # taps and the input pre-hook sit on the student itself, inside a DistributedDataParallel wrapper if any
+        self.student_taps = FeatureTaps(unwrap(network), student_taps)
         self.teacher_taps = FeatureTaps(teacher, teacher_taps) if teacher is not None else None
         # The input of the student's forward, read by a pre-hook: the teacher sees exactly what the student saw,
         # without relying on where SupervisedTrainer keeps the batch.
-        self.student_input = InputTap(network)
+        self.student_input = InputTap(unwrap(network))
         self._step_inputs: DistillationInputs | None = None
         term_handlers = [h for term in self.terms.values() for h in term.handlers]
         self._after_step_handlers = [h for h in term_handlers if callable(getattr(h, "after_step", None))]
@@ -111,6 +114,22 @@ class DistillationTrainer(SupervisedTrainer):
         )
         if self._after_step_handlers:
             self.add_event_handler(IterationEvents.MODEL_COMPLETED, self._after_step)
+        if is_distributed():
+            # after the train handlers' STARTED (a resume load): every rank starts from rank 0's term parameters
+            self.add_event_handler(Events.STARTED, lambda _: broadcast_tensors(self._unsynced_params()))
+            self.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._average_term_gradients)
+
+    def _unsynced_params(self) -> list[torch.Tensor]:
+        """The optimiser's parameters that no DistributedDataParallel wrapper keeps in step (the term parameters:
+        adapters, side heads, MSAN headers; all of them when the student is not wrapped)."""
+        wrapped = isinstance(self.network, nn.parallel.DistributedDataParallel)
+        skip = {id(p) for p in self.network.parameters()} if wrapped else set()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return [p for p in params if id(p) not in skip]
+
+    def _average_term_gradients(self, engine: DistillationTrainer) -> None:
+        """Mean all-reduce of the unwrapped parameters' gradients, before the optimiser step (as DDP does)."""
+        average_gradients(self._unsynced_params())
 
     @property
     def distillers(self) -> dict[str, nn.Module]:

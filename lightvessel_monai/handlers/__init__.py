@@ -1,6 +1,7 @@
 from lightvessel_monai.handlers.adversarial import AdversarialUpdateHandler
 from lightvessel_monai.handlers.finite import StopOnNonFiniteLoss
 from lightvessel_monai.handlers.learning_curve import LearningCurveHandler
+from lightvessel_monai.handlers.overlays import ValidationOverlayHandler
 from lightvessel_monai.handlers.progress import ProgressBarHandler
 from lightvessel_monai.handlers.resume import BestCheckpointState, ResumeCheckpoint
 from lightvessel_monai.handlers.self_teacher import SelfTeacherHandler, make_self_teacher
@@ -17,5 +18,6 @@ __all__ = [
     "SelfTeacherHandler",
     "SemanticDistanceHandler",
     "StopOnNonFiniteLoss",
+    "ValidationOverlayHandler",
     "make_self_teacher",
 ]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lightvessel_monai.distributed import average_gradients, broadcast_tensors
 from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.losses.asd import AdversarialSimilarityDistillation
 from lightvessel_monai.losses.base import DistillationInputs
@@ -37,6 +38,10 @@ class AdversarialUpdateHandler:
 
     ``state_dict`` holds the critic's weights, the optimiser and the scaler, so that the handler can be
     put in a checkpoint's ``save_dict`` and restored on resume.
+
+    Under ``torchrun`` every rank holds a copy of the critic: it starts from rank 0's weights and its gradients are
+    averaged over the ranks before each step (:func:`~lightvessel_monai.distributed.average_gradients`, DDP's
+    operation; DDP itself does not support the gradient penalty's double backward), so the copies stay identical.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class AdversarialUpdateHandler:
         device = torch.device(engine.state.device) if getattr(engine.state, "device", None) else None
         if device is not None:
             self.discriminator.to(device)
+        broadcast_tensors([*self.discriminator.parameters(), *self.discriminator.buffers()])
         use_amp = self.amp and device is not None and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -100,6 +106,7 @@ class AdversarialUpdateHandler:
                 scale = scaler.get_scale() if scaler.is_enabled() else 1.0
                 loss = self.adversarial.discriminator_loss(real, fake, gp_scale=scale)
             scaler.scale(loss).backward()
+            average_gradients(self.discriminator.parameters())
             scaler.step(self.optimizer)
             scaler.update()
         return float(loss.detach())

@@ -15,6 +15,7 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.transforms import Randomizable
 
 from lightvessel_monai.data.samplers import ResumableSampler
+from lightvessel_monai.distributed import is_rank0
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 from lightvessel_monai.utils import load_weights
 
@@ -35,7 +36,9 @@ class ResumeCheckpoint:
     random state of every random transform of the training dataset, and, inside an epoch, that epoch's data order
     and position (the DataLoader's sampler must be a :class:`~lightvessel_monai.data.samplers.ResumableSampler`).
     A run resumed from it continues with the same batches, the same augmentations and the same RNG draws: on the
-    CPU its final weights equal those of an uninterrupted run. The augmentations are the same only when they run in
+    CPU its final weights equal those of an uninterrupted run. With ``amp``, the trainer's ``GradScaler`` (its scale
+    and growth tracker) is saved and restored too, as ``"scaler"``. Under ``torchrun`` rank 0 writes the file and
+    every rank reads it. The augmentations are the same only when they run in
     the main process (``num_workers`` 0); with workers, the data order and position are still exact.
 
     The file is written by ignite's :class:`~ignite.handlers.DiskSaver` with ``atomic=True`` (a temporary
@@ -96,8 +99,13 @@ class ResumeCheckpoint:
             self._last_saved = iteration
 
     def save(self, engine: Engine) -> None:
+        if not is_rank0():  # under torchrun the ranks hold the same state: rank 0 writes it, every rank reads it
+            return
         state: dict[str, Any] = {name: obj.state_dict() for name, obj in self.save_dict.items()}
         state["trainer"] = engine.state_dict()
+        scaler = _enabled_scaler(engine)
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
         state["rng"] = global_rng_state()
         state["transforms"] = [_pack(r.get_state()) for r in _transform_rngs(engine)]
         consumed = engine.state.iteration % engine.state.epoch_length if engine.state.epoch_length else 0
@@ -118,6 +126,9 @@ class ResumeCheckpoint:
         state = load_weights(self.path, "resume")  # pickled objects: a one-line error, nothing executed
         try:
             Checkpoint.load_objects(to_load={**self.save_dict, "trainer": engine}, checkpoint=state)
+            scaler = _enabled_scaler(engine)
+            if scaler is not None and "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
             if "transforms" in state:  # absent from the files of earlier versions: they resume, not bit-exact
                 rngs, saved = _transform_rngs(engine), state["transforms"]
                 if len(saved) != len(rngs):
@@ -210,6 +221,12 @@ def _collect_rngs(obj: Any, found: list[np.random.RandomState], seen: set[int], 
         for _, value in sorted(vars(obj).items()):
             if not isinstance(value, (torch.Tensor, np.random.RandomState)):
                 _collect_rngs(value, found, seen, depth - 1)
+
+
+def _enabled_scaler(engine: Engine) -> Any:
+    """The trainer's AMP ``GradScaler`` (MONAI's ``SupervisedTrainer.scaler``) when it is in use, else ``None``."""
+    scaler = getattr(engine, "scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None
 
 
 def _resumable_sampler(engine: Engine) -> ResumableSampler:

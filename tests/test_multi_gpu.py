@@ -1,0 +1,218 @@
+"""torchrun with two CPU ranks (gloo): the multi-GPU overlay, its gradient all-reduce and its rank-0 writers.
+
+The end-to-end tests run ``torchrun --nproc_per_node=2 -m monai.bundle run training`` exactly as the README says, with
+one test-only overlay that appends a last step to ``run``: each rank saves its own copy of the student and of the
+distiller's trained parts to ``eval/rank_<k>.pt``. The ranks train on different shards, so equal copies mean the
+gradients were averaged; a missing or different copy fails the test.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from monai.bundle import ConfigParser
+
+from lightvessel_monai import distributed
+from lightvessel_monai.errors import ConfigKeyError
+
+from conftest import REPO
+from test_bundle import CONFIGS, TINY
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dump_overlay(tmp_path, parts: dict[str, str]):
+    """A test overlay: after training, every rank saves ``{part: state_dict}`` to ``eval/rank_<RANK>.pt``."""
+    items = ", ".join(f"'{name}': {ref}.state_dict()" for name, ref in parts.items())
+    path = tmp_path / "dump_ranks.json"
+    save = f"$torch.save({{{items}}}, @output_dir + '/rank_' + os.environ['RANK'] + '.pt')"
+    path.write_text(json.dumps({"+run": [save]}))
+    return path
+
+
+def _overrides(root):
+    # 3 validation images: the shards are uneven (2 and 1), as they are for most real validation sets
+    return {**TINY, "synthetic#num_val": 3, "bundle_root": str(root), "dataset_dir": str(root / "data")}
+
+
+def _torchrun(configs, overrides, timeout=600):
+    files = "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    cmd = [*TORCHRUN, str(_free_port()), "-m", "monai.bundle", "run", "training", "--config_file", files]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{log[-6000:]}"
+    return log
+
+
+def _rank_states(eval_dir):
+    states = [torch.load(eval_dir / f"rank_{k}.pt", weights_only=True) for k in range(2)]  # both ranks finished
+    return states
+
+
+def _assert_same(a: dict, b: dict, what: str):
+    assert a.keys() == b.keys(), what
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{what}: '{key}' differs between rank 0 and rank 1"
+
+
+@pytest.mark.integration
+def test_torchrun_lightvessel_two_cpu_ranks(tmp_path):
+    root = tmp_path / "bundle"
+    dump = _dump_overlay(tmp_path, {"student": "@network", "critic": "@lightvessel#asd#loss.discriminator"})
+    overrides = _overrides(root)
+    log = _torchrun([CONFIGS / "train.json", CONFIGS / "multi_gpu_train.json", dump], overrides)
+    eval_dir = root / "eval"
+
+    # the teacher stage ran once: one rank trained it, the other waited and reused the cache
+    assert log.count("training the teacher first") == 1
+    assert log.count("that another run cached while this one waited") == 1
+    # rank 0 alone logs the iterations (StatsHandler) and writes the report
+    assert log.count("Epoch: 2/2, Iter: 1/1 --") == 1
+    assert log.count("| student |") == 1
+
+    rank0, rank1 = _rank_states(eval_dir)
+    _assert_same(rank0["student"], rank1["student"], "student")
+    _assert_same(rank0["critic"], rank1["critic"], "critic")
+
+    # the saved student is the plain network (no DDP "module." prefix) and loads
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json")])
+    parser.update({**overrides, "image_size": [128, 128], "patch_size": [64, 64], "progress_bar": False})
+    parser["validate#handlers"] = []  # (set before anything is parsed: a change resets the parsed objects)
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    evaluator.network.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+
+    # the distributed validation Dice of the final weights equals a single-process evaluation of the same weights
+    evaluator.network.load_state_dict(rank0["student"])
+    evaluator.run()
+    single = evaluator.state.metrics["val_mean_dice"]
+    last = (eval_dir / "student_curve.csv").read_text().strip().splitlines()[-1]
+    distributed_dice = float(last.split(",")[-1])
+    assert len(evaluator.data_loader.dataset) == 3
+    assert distributed_dice == pytest.approx(single, abs=2e-6)
+
+
+@pytest.mark.integration
+def test_torchrun_dskd_two_cpu_ranks(tmp_path):
+    root = tmp_path / "bundle"
+    dump = _dump_overlay(
+        tmp_path,
+        {
+            "student": "@network",
+            "self_teacher": "@distillation#dskd_psdl#loss#self_teacher",
+            "side_heads": "@distillation#dskd_ddl#loss",
+        },
+    )
+    method = REPO / "configs" / "methods" / "dskd.json"
+    log = _torchrun([CONFIGS / "train.json", method, CONFIGS / "multi_gpu_train.json", dump], _overrides(root))
+    assert "training the teacher" not in log  # DSKD has no teacher
+    rank0, rank1 = _rank_states(root / "eval")
+    for part in ("student", "self_teacher", "side_heads"):
+        _assert_same(rank0[part], rank1[part], part)
+    assert rank0["side_heads"], "DSKD's side heads hold parameters"
+    # the EMA self-teacher moved away from the student it copied
+    assert any(not torch.equal(rank0["self_teacher"][k], rank0["student"][k]) for k in rank0["student"])
+    assert (root / "models" / "model.pt").is_file()
+
+
+def test_the_overlay_outside_torchrun_is_a_one_line_error(tmp_path):
+    files = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", files]
+    cmd += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data")]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lightvessel_monai error:")]
+    assert len(errors) == 1 and "torchrun" in errors[0] and "multi_gpu_train.json" in errors[0]
+    assert not (tmp_path / "models").exists()  # nothing was trained
+
+
+# ----------------------------------------------------------------------------------- the all-reduce, in two processes
+
+
+def _average_worker(rank: int, port: int, results):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        a = torch.nn.Parameter(torch.zeros(2, 3))
+        b = torch.nn.Parameter(torch.zeros(4))
+        c = torch.nn.Parameter(torch.zeros(1))  # a gradient on rank 1 only
+        d = torch.nn.Parameter(torch.zeros(2))  # no gradient anywhere
+        frozen = torch.nn.Parameter(torch.zeros(2), requires_grad=False)
+        a.grad = torch.full((2, 3), float(rank + 1))  # 1 and 2: mean 1.5
+        b.grad = torch.arange(4.0) * (rank + 1)  # mean 1.5 * arange
+        if rank == 1:
+            c.grad = torch.tensor([4.0])  # counts zero on rank 0, as in DDP: mean 2
+        frozen.grad = torch.full((2,), float(rank))  # not requires_grad: left alone
+        distributed.average_gradients([a, b, c, d, frozen])
+        own = torch.full((2,), float(rank + 10))
+        distributed.broadcast_tensors([own])
+        results[rank] = {
+            "a": a.grad.clone(),
+            "b": b.grad.clone(),
+            "c": c.grad.clone(),
+            "d": d.grad,
+            "frozen": frozen.grad.clone(),
+            "broadcast": own.clone(),
+            "rank0": distributed.is_rank0(),
+            "kept": len(distributed.rank0_handlers([_stats_handler(), "validation"])),
+        }
+    finally:
+        dist.destroy_process_group()
+
+
+def _stats_handler():
+    from monai.handlers import StatsHandler
+
+    return StatsHandler(iteration_log=False)
+
+
+def test_average_gradients_and_rank0_handlers_in_two_gloo_processes():
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_average_worker, args=(_free_port(), results), nprocs=2, join=True)
+    for rank in (0, 1):
+        r = results[rank]
+        assert torch.equal(r["a"], torch.full((2, 3), 1.5))
+        assert torch.equal(r["b"], torch.arange(4.0) * 1.5)
+        assert torch.equal(r["c"], torch.tensor([2.0]))
+        assert r["d"] is None
+        assert torch.equal(r["frozen"], torch.full((2,), float(rank)))
+        assert torch.equal(r["broadcast"], torch.full((2,), 10.0))  # rank 0's values everywhere
+    assert results[0]["rank0"] and not results[1]["rank0"]
+    assert results[0]["kept"] == 2 and results[1]["kept"] == 1  # the log writer is dropped on rank 1
+
+
+def test_without_a_process_group_everything_is_single_process():
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 2.0)
+    distributed.average_gradients([p])
+    assert torch.equal(p.grad, torch.full((3,), 2.0))
+    net = torch.nn.Linear(2, 2)
+    assert distributed.data_parallel(net) is net and distributed.unwrap(net) is net
+    assert distributed.is_rank0() and distributed.get_world_size() == 1
+    assert distributed.run_on_rank0(lambda x: x + 1, 1) == 2
+    handlers = [_stats_handler()]
+    assert distributed.rank0_handlers(handlers) == handlers
+
+
+def test_require_torchrun_names_the_missing_variables(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigKeyError, match="WORLD_SIZE, MASTER_ADDR, MASTER_PORT"):
+        distributed.require_torchrun()
