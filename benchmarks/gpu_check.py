@@ -56,12 +56,16 @@ def _free_port() -> int:
 
 
 def _run_case(name: str, workdir: Path, args: argparse.Namespace, amp: bool, nproc: int) -> dict:
-    """One training case in a fresh process; returns rank 0's statistics (and the ranks' iterations)."""
+    """One training case in a fresh process; returns rank 0's statistics (and the ranks' iterations).
+
+    ``nproc`` 0: plain ``python -m monai.bundle``; ``nproc`` >= 1: ``torchrun`` with the multi-GPU overlay (DDP also
+    with a single GPU).
+    """
     root = workdir / name
     stats_overlay = workdir / "stats.json"
     stats_overlay.write_text(json.dumps({"+imports": ["$import json"], "+run": [STATS]}))
     configs = [CONFIGS / "train.json"]
-    if nproc > 1:
+    if nproc >= 1:
         configs.append(CONFIGS / "multi_gpu_train.json")
     configs.append(stats_overlay)
     overrides = {
@@ -80,7 +84,7 @@ def _run_case(name: str, workdir: Path, args: argparse.Namespace, amp: bool, npr
     cmd = ["-m", "monai.bundle", "run", "training", "--config_file", files]
     for key, value in overrides.items():
         cmd += [f"--{key}", str(value)]
-    if nproc > 1:
+    if nproc >= 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
         cmd = [*launcher, "--master_port", str(_free_port()), *cmd]
     else:
@@ -91,7 +95,7 @@ def _run_case(name: str, workdir: Path, args: argparse.Namespace, amp: bool, npr
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise SystemExit(f"gpu_check: case '{name}' failed ({proc.returncode}):\n{tail}")
-    ranks = [json.loads((root / "eval" / f"gpu_check_rank{k}.json").read_text()) for k in range(nproc)]
+    ranks = [json.loads((root / "eval" / f"gpu_check_rank{k}.json").read_text()) for k in range(max(nproc, 1))]
     stats = dict(ranks[0])
     stats["wall_seconds"] = wall
     stats["rank_iterations"] = [r["iterations"] for r in ranks]
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        cases = [("distil fp32", False, 1), ("distil amp", True, 1), (f"distil amp DDP x{ngpus}", True, ngpus)]
+        cases = [("distil fp32", False, 0), ("distil amp", True, 0), (f"distil amp DDP x{ngpus}", True, ngpus)]
         rows = []
         for case, amp, nproc in cases:
             s = _run_case(case.replace(" ", "_"), workdir, args, amp, nproc)
