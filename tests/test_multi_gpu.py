@@ -130,6 +130,21 @@ def test_torchrun_dskd_two_cpu_ranks(tmp_path):
     assert (root / "models" / "model.pt").is_file()
 
 
+@pytest.mark.integration
+def test_torchrun_gkd_two_cpu_ranks(tmp_path):
+    """GKD: the teacher and the ACT stage run once, before the process group; the SAN stays identical on both ranks."""
+    root = tmp_path / "bundle"
+    dump = _dump_overlay(tmp_path, {"student": "@network", "semantics": "@gkd_semantics"})
+    method = REPO / "configs" / "methods" / "gkd.json"
+    overrides = {**_overrides(root), "gkd_psae_iterations": 2, "gkd_act_iterations": 2}
+    log = _torchrun([CONFIGS / "train.json", method, CONFIGS / "multi_gpu_train.json", dump], overrides)
+    assert log.count("training the teacher first") == 1
+    assert log.count("cached the ACT headers") == 1 and log.count("reusing the cached ACT headers") == 1
+    rank0, rank1 = _rank_states(root / "eval")
+    _assert_same(rank0["student"], rank1["student"], "student")
+    _assert_same(rank0["semantics"], rank1["semantics"], "GKD semantics (SAN, TAN, P-SAE)")
+
+
 def test_the_overlay_outside_torchrun_is_a_one_line_error(tmp_path):
     files = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", files]
