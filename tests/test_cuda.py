@@ -6,8 +6,7 @@ the same code is covered in test_trainer.py and test_fsd.py.
 
 import pytest
 import torch
-from ignite.engine import Events
-from test_trainer import Killed, make_trainer
+from test_trainer import Killed, kill_at_epoch_2, make_trainer
 
 from lightvessel_monai.handlers import ResumeCheckpoint
 from lightvessel_monai.losses import FeatureSimilarityDistillation
@@ -32,7 +31,6 @@ def test_amp_steps_train_the_student_and_the_critic_on_the_gpu(spatial_dims):
     trainer, teacher, student, disc = make_trainer(spatial_dims, critic=True, device="cuda", amp=True)
     t0, s0 = _snapshot(teacher), _snapshot(student)
     trainer.run()
-    d0 = None  # the critic is moved to the GPU when attached, before the run; compare against its first update
     out = trainer.state.output
     assert trainer.scaler is not None and trainer.scaler.is_enabled()
     handler = trainer._after_step_handlers[0]
@@ -58,11 +56,7 @@ def test_amp_resume_checkpoint_holds_the_trainers_grad_scaler(tmp_path):
 
     trainer, _, _, _ = make_trainer(2, max_epochs=2, handlers=[resume], device="cuda", amp=True)
 
-    def kill(engine):
-        if engine.state.epoch == 2:
-            raise Killed()
-
-    trainer.add_event_handler(Events.ITERATION_STARTED, kill)
+    kill_at_epoch_2(trainer)
     with pytest.raises(Killed):
         trainer.run()
     saved = torch.load(tmp_path / "resume.pt", weights_only=True)

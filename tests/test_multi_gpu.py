@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from monai.bundle import ConfigParser
+from test_bundle_3d import OVERLAY as SYNTHETIC_3D
+from test_bundle_3d import TINY_3D
 
 from lightvessel_monai import distributed
 from lightvessel_monai.errors import ConfigKeyError
@@ -143,6 +145,27 @@ def test_torchrun_gkd_two_cpu_ranks(tmp_path):
     rank0, rank1 = _rank_states(root / "eval")
     _assert_same(rank0["student"], rank1["student"], "student")
     _assert_same(rank0["semantics"], rank1["semantics"], "GKD semantics (SAN, TAN, P-SAE)")
+
+
+@pytest.mark.integration
+def test_torchrun_lightvessel_3d_two_cpu_ranks(tmp_path):
+    """The same machinery on 3D volumes (synthetic CT, MONAI UNet student and teacher)."""
+    root = tmp_path / "bundle"
+    dump = _dump_overlay(tmp_path, {"student": "@network", "critic": "@lightvessel#asd#loss.discriminator"})
+    overrides = {
+        **TINY_3D,
+        "synthetic#num_train": 4,
+        "synthetic#num_val": 3,
+        "max_epochs": 2,
+        "bundle_root": str(root),
+        "dataset_dir": str(root / "data" / "synthetic_ct_3d"),
+    }
+    log = _torchrun([CONFIGS / "train.json", SYNTHETIC_3D, CONFIGS / "multi_gpu_train.json", dump], overrides)
+    assert log.count("training the teacher first") == 1
+    rank0, rank1 = _rank_states(root / "eval")
+    _assert_same(rank0["student"], rank1["student"], "student")
+    _assert_same(rank0["critic"], rank1["critic"], "critic")
+    assert (root / "models" / "model.pt").is_file()
 
 
 def test_the_overlay_outside_torchrun_is_a_one_line_error(tmp_path):

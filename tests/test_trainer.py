@@ -194,6 +194,16 @@ class Killed(Exception):
     pass
 
 
+def kill_at_epoch_2(trainer):
+    """Make ``trainer`` raise :class:`Killed` at its first iteration of epoch 2, as a kill would stop it."""
+
+    def kill(engine):
+        if engine.state.epoch == 2:
+            raise Killed()
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, kill)
+
+
 def test_killed_run_resumes_where_it_stopped(tmp_path):
     def resume_handler(asd, d_opt, student, opt):
         save_dict = {"network": student, "optimizer": opt, "discriminator": asd.discriminator}
@@ -205,11 +215,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
 
     trainer, _, student, disc = make_trainer(2, max_epochs=2, handlers=[resume_handler])
 
-    def kill(engine):
-        if engine.state.epoch == 2:
-            raise Killed()
-
-    trainer.add_event_handler(Events.ITERATION_STARTED, kill)
+    kill_at_epoch_2(trainer)
     with pytest.raises(Killed):
         trainer.run()
     path = tmp_path / "resume.pt"
@@ -240,11 +246,7 @@ def test_resume_checkpoint_holds_the_grad_scaler(tmp_path):
     handler = ResumeCheckpoint(str(tmp_path), {"network": student})
     handler.attach(trainer)
 
-    def kill(engine):
-        if engine.state.epoch == 2:
-            raise Killed()
-
-    trainer.add_event_handler(Events.ITERATION_STARTED, kill)
+    kill_at_epoch_2(trainer)
     with pytest.raises(Killed):
         trainer.run()
     saved = torch.load(tmp_path / "resume.pt", weights_only=True)

@@ -159,43 +159,26 @@ def write_synthetic_dataset(
     """
     root = Path(output_dir)
     datalist_path = root / "dataset.json"
-    if cache_valid(datalist_path, generator):
-        log.info("reusing %s in %s", what, root)
-        return str(datalist_path)
     # One writer: the ranks of a torchrun job (or two runs) start together; the others wait, then reuse the cache.
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root.parent / f".{root.name}.lock")):
         if cache_valid(datalist_path, generator):
-            log.info("reusing %s in %s, written while this process waited", what, root)
+            log.info("reusing %s in %s", what, root)
             return str(datalist_path)
-        return _generate(root, generator, names, file_re, info, write_pair, what, log)
-
-
-def _generate(
-    root: Path,
-    generator: dict,
-    names: list[str],
-    file_re: re.Pattern,
-    info: dict,
-    write_pair: Callable[[int, Path, Path], None],
-    what: str,
-    log: logging.Logger,
-) -> str:
-    datalist_path = root / "dataset.json"
-    img_dir, lbl_dir = prepare_dataset_dirs(root, names, file_re, info["name"])
-    log.info("generating %d %s in %s", len(names), what, root)
-    entries = []
-    for i, name in enumerate(names):
-        write_pair(i, img_dir / name, lbl_dir / name)
-        entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
-    num_train = generator["num_train"]
-    datalist = {
-        **info,
-        "numTraining": num_train,
-        "numValidation": generator["num_val"],
-        "generator": generator,
-        "training": entries[:num_train],
-        "validation": entries[num_train:],
-    }
-    write_json_atomic(datalist_path, datalist)
-    return str(datalist_path)
+        img_dir, lbl_dir = prepare_dataset_dirs(root, names, file_re, info["name"])
+        log.info("generating %d %s in %s", len(names), what, root)
+        entries = []
+        for i, name in enumerate(names):
+            write_pair(i, img_dir / name, lbl_dir / name)
+            entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
+        num_train = generator["num_train"]
+        datalist = {
+            **info,
+            "numTraining": num_train,
+            "numValidation": generator["num_val"],
+            "generator": generator,
+            "training": entries[:num_train],
+            "validation": entries[num_train:],
+        }
+        write_json_atomic(datalist_path, datalist)
+        return str(datalist_path)

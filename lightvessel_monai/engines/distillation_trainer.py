@@ -116,7 +116,9 @@ class DistillationTrainer(SupervisedTrainer):
             self.add_event_handler(IterationEvents.MODEL_COMPLETED, self._after_step)
         if is_distributed():
             # after the train handlers' STARTED (a resume load): every rank starts from rank 0's term parameters
-            self.add_event_handler(Events.STARTED, lambda _: broadcast_tensors(self._unsynced_params()))
+            # the list is fixed with the optimiser: found once, not on every backward pass
+            self._hand_synced = self._unsynced_params()
+            self.add_event_handler(Events.STARTED, lambda _: broadcast_tensors(self._hand_synced))
             self.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._average_term_gradients)
 
     def _unsynced_params(self) -> list[torch.Tensor]:
@@ -129,7 +131,7 @@ class DistillationTrainer(SupervisedTrainer):
 
     def _average_term_gradients(self, engine: DistillationTrainer) -> None:
         """Mean all-reduce of the unwrapped parameters' gradients, before the optimiser step (as DDP does)."""
-        average_gradients(self._unsynced_params())
+        average_gradients(self._hand_synced)
 
     @property
     def distillers(self) -> dict[str, nn.Module]:
