@@ -154,6 +154,7 @@ def _model_facts(network: torch.nn.Module, input_shape: Sequence[int], latency_r
 def _evaluation_inputs(parser: ConfigParser, mask_key: str | None) -> dict[str, Any]:
     """The data and settings :func:`evaluate_cases` needs, from a parser's ``validate`` section."""
     return {
+        "prediction_mask_key": parser.get("prediction_mask_key", None),
         "dataloader": parser.get_parsed_content("validate#dataloader"),
         "device": parser.get_parsed_content("device"),
         "inferer": parser.get_parsed_content("validate#inferer"),

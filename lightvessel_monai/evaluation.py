@@ -16,6 +16,7 @@ from monai.transforms import AsDiscrete
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from lightvessel_monai.data.transforms import mask_outside
 from lightvessel_monai.metrics.segmentation import segmentation_metrics
 
 __all__ = ["count_flops", "cpu_latency_ms", "evaluate_cases", "mean_over_cases", "summarise"]
@@ -47,8 +48,13 @@ def evaluate_cases(
     num_classes: int = 2,
     mask_key: str | None = None,
     keep_predictions: int = 0,
+    prediction_mask_key: str | None = None,
 ) -> tuple[list[dict[str, float]], list[np.ndarray]]:
     """Metrics of every case of ``dataloader`` (softmax head, argmax), inside ``batch[mask_key]`` when given.
+
+    ``prediction_mask_key`` is part of the model's own post-processing, as in inference: the prediction is set to
+    background outside ``batch[prediction_mask_key]`` (XCA's exposed field) and the metrics still count every pixel.
+    ``mask_key`` restricts the metrics themselves (DRIVE's FOV: prediction and label both).
 
     Returns ``(rows, predictions)``: one dict of :func:`~lightvessel_monai.metrics.segmentation.segmentation_metrics`
     per case, and the argmax label maps (``(H, W)`` or ``(D, H, W)`` uint8) of the first ``keep_predictions`` cases.
@@ -62,8 +68,12 @@ def evaluate_cases(
         image, label = batch["image"].to(device), batch["label"].to(device)
         logits = inferer(image, network)
         masks = decollate_batch(batch[mask_key]) if mask_key else [None] * len(logits)
-        for logit, lab, mask in zip(decollate_batch(logits), decollate_batch(label), masks, strict=True):
+        fields = decollate_batch(batch[prediction_mask_key]) if prediction_mask_key else [None] * len(logits)
+        cases = zip(decollate_batch(logits), decollate_batch(label), masks, fields, strict=True)
+        for logit, lab, mask, field in cases:
             pred = to_pred(logit)
+            if field is not None:
+                pred = mask_outside(pred, torch.as_tensor(field).to(device), one_hot=True)
             if len(kept) < keep_predictions:
                 kept.append(pred.argmax(0).cpu().numpy().astype(np.uint8))
             mask = None if mask is None else (torch.as_tensor(mask) > 0).to(device)

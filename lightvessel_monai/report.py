@@ -28,9 +28,13 @@ def evaluate_dice(
     inferer: Inferer | None = None,
     num_classes: int = 2,
     mask_key: str | None = None,
+    prediction_mask_key: str | None = None,
 ) -> float:
-    """Mean foreground Dice over cases (softmax head, argmax), inside ``batch[mask_key]`` when given."""
-    rows, _ = evaluate_cases(network, dataloader, device, inferer, num_classes, mask_key=mask_key)
+    """Mean foreground Dice over cases (softmax head, argmax), inside ``batch[mask_key]`` when given; the prediction
+    is background outside ``batch[prediction_mask_key]`` when given (see :func:`evaluate_cases`)."""
+    rows, _ = evaluate_cases(
+        network, dataloader, device, inferer, num_classes, mask_key=mask_key, prediction_mask_key=prediction_mask_key
+    )
     return mean_over_cases(rows)["dice"]
 
 
@@ -47,6 +51,7 @@ def write_report(
     printer: Callable[[str], None] = print,
     mask_key: str | None = None,
     sources: Mapping[str, str] | None = None,
+    prediction_mask_key: str | None = None,
 ) -> list[dict]:
     """Evaluate each network's best checkpoint and write ``report.md`` and ``report.csv`` to ``output_dir``.
 
@@ -58,6 +63,7 @@ def write_report(
         dataloader: validation data (batches with ``image`` and ``label``).
         input_shape: shape of one input for the latency measurement, e.g. ``(1, 1, 512, 512)``.
         mask_key: batch key of a region of interest (the DRIVE field of view); Dice is computed inside it.
+        prediction_mask_key: batch key of the exposed field (XCA); predictions are background outside it.
     """
     rows = []
     for name, network in networks.items():
@@ -65,10 +71,11 @@ def write_report(
         checkpoint = checkpoints.get(name)
         if checkpoint is not None:
             load_state_dict_checked(model, checkpoint, what=name)
+        dice = evaluate_dice(model, dataloader, device, inferer, num_classes, mask_key, prediction_mask_key)
         rows.append(
             {
                 "model": name,
-                "dice": round(evaluate_dice(model, dataloader, device, inferer, num_classes, mask_key), 4),
+                "dice": round(dice, 4),
                 "params": count_parameters(model),
                 "cpu_latency_ms": round(cpu_latency_ms(model, input_shape, repeats=latency_repeats), 1),
                 "checkpoint": checkpoint or (sources or {}).get(name, "in memory"),

@@ -51,7 +51,9 @@ def _inside(mask: Any, reference: torch.Tensor, what: str) -> torch.Tensor:
     return m
 
 
-def fundus_to_vessel_image(image: Any, fov: Any, channel: int = 1, invert: bool = True) -> torch.Tensor:
+def fundus_to_vessel_image(
+    image: Any, fov: Any, channel: int = 1, invert: bool = True, outside: str = "zero"
+) -> torch.Tensor:
     """Channel ``channel`` of ``image``, negated if ``invert``, standardised over the FOV and zero outside it.
 
     Args:
@@ -60,15 +62,21 @@ def fundus_to_vessel_image(image: Any, fov: Any, channel: int = 1, invert: bool 
         channel: the channel kept (1 = green for RGB).
         invert: negate the channel, so that dark vessels become bright. Negating before standardising is the
             same as standardising ``255 - x``.
+        outside: ``"zero"`` sets the pixels outside the FOV to 0; ``"keep"`` standardises them with the FOV's
+            statistics too (for a frame whose outside was filled with a continuation of the field, see
+            :class:`lightvessel_monai.data.field_of_view.FillOutsided`, so that no step appears at the FOV's edge).
 
     Returns:
         float32 ``(1, *spatial)`` (a MetaTensor with ``image``'s metadata when it is one): over the FOV pixels its mean
-        is 0 and its population standard deviation 1 (a constant FOV is only centred); 0 outside the FOV.
+        is 0 and its population standard deviation 1 (a constant FOV is only centred); 0 outside the FOV, or
+        standardised alike with ``outside="keep"``.
 
     Raises:
         ValueError: ``channel`` is out of range, or ``fov`` does not match the spatial shape.
         DataError: the FOV holds no pixel.
     """
+    if outside not in ("zero", "keep"):
+        raise ValueError(f"outside must be 'zero' or 'keep', got {outside!r}")
     img = convert_to_tensor(image, track_meta=get_track_meta())
     if not -img.shape[0] <= channel < img.shape[0]:
         raise ValueError(f"channel {channel} is out of range for an image with {img.shape[0]} channels{_name(image)}")
@@ -83,7 +91,10 @@ def fundus_to_vessel_image(image: Any, fov: Any, channel: int = 1, invert: bool 
         raise DataError(f"the field-of-view mask is empty{_name(image)}")
     mean, std = values.mean(), values.std(unbiased=False)
     scale = std if std > 0 else torch.ones_like(std)
-    return torch.where(inside, (x - mean.float()) / scale.float(), torch.zeros((), dtype=x.dtype, device=x.device))
+    standardised = (x - mean.float()) / scale.float()
+    if outside == "keep":
+        return standardised
+    return torch.where(inside, standardised, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def mask_outside(data: Any, mask: Any, one_hot: bool = True) -> torch.Tensor:
@@ -112,6 +123,7 @@ class FundusToVesselImaged(MapTransform):
         fov_key: the key of the FOV mask ``(1, *spatial)``.
         channel: the channel kept (1 = green).
         invert: negate the channel so that vessels are bright.
+        outside: ``"zero"`` (0 outside the FOV) or ``"keep"`` (standardised with the FOV's statistics).
         allow_missing_keys: skip absent ``keys``.
     """
 
@@ -121,17 +133,20 @@ class FundusToVesselImaged(MapTransform):
         fov_key: str = "fov",
         channel: int = 1,
         invert: bool = True,
+        outside: str = "zero",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.fov_key, self.channel, self.invert = fov_key, channel, invert
+        if outside not in ("zero", "keep"):
+            raise ValueError(f"FundusToVesselImaged: outside must be 'zero' or 'keep', got {outside!r}")
+        self.fov_key, self.channel, self.invert, self.outside = fov_key, channel, invert, outside
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if self.fov_key not in d:
             raise KeyError(f"FundusToVesselImaged: no field-of-view key '{self.fov_key}' in the data (keys: {list(d)})")
         for key in self.key_iterator(d):
-            d[key] = fundus_to_vessel_image(d[key], d[self.fov_key], self.channel, self.invert)
+            d[key] = fundus_to_vessel_image(d[key], d[self.fov_key], self.channel, self.invert, self.outside)
         return d
 
 
