@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, gaussian_filter
 from skimage.exposure import equalize_adapthist
 
 from lightvessel_monai.data.datasets import XCA_VALIDATION_NUMBERS, xca_datalist
+from lightvessel_monai.data.field_of_view import xray_field_of_view
 from lightvessel_monai.errors import DataError
 
 from conftest import REPO, SHARED_DATA, config_parser, leading_number
@@ -79,21 +80,43 @@ def test_xca_split_and_preprocessing_on_the_real_data(tmp_path):
     assert set(np.unique(label)) == {0.0, 1.0}
     raw_mask = np.asarray(Image.open(entry["label"])).T  # PIL (H, W) -> MONAI (W, H)
     np.testing.assert_array_equal(label, raw_mask > 127.5)
-    # the hand computation: collimator mask (raw > threshold), CLAHE of the [0, 1]-scaled frame, inverted and
-    # standardised inside the mask, 0 outside; vessels (dark in the X-ray) come out bright
+    # the hand computation: the field (xray_field_of_view), the outside filled by normalised convolution, CLAHE of
+    # the [0, 1]-scaled frame, inverted, standardised over the field, the outside filled again; vessels come out bright
     raw = np.asarray(Image.open(entry["image"])).T.astype(np.float64)
-    inside = raw > parser["collimator_threshold"]
-    equalised = equalize_adapthist((raw - raw.min()) / (raw.max() - raw.min()), clip_limit=parser["clahe_clip_limit"])
-    inverted = -equalised
-    expected = np.where(inside, (inverted - inverted[inside].mean()) / inverted[inside].std(), 0.0)
+    inside, _ = xray_field_of_view(
+        raw, parser["collimator_threshold"], parser["field_opening_radius"], parser["field_margin"]
+    )
+    np.testing.assert_array_equal(item["fov"].numpy()[0] > 0, inside)
+    sigma = parser["field_fill_sigma"]
+
+    def smooth_fill(x):
+        # normalised convolution; a pixel the Gaussian does not reach (< 0.1 % of its mass on the field) takes the
+        # first of sigma, 2 sigma, 4 sigma, ... that does
+        out, todo = np.where(inside, x, np.nan), ~inside
+        for s in sigma * 2.0 ** np.arange(12):
+            if not todo.any():
+                break
+            den = gaussian_filter(inside.astype(float), s, mode="nearest")
+            num = gaussian_filter(np.where(inside, x, 0.0), s, mode="nearest")
+            reached = todo & (den > 1e-3)
+            out[reached] = num[reached] / den[reached]
+            todo &= ~reached
+        assert not np.isnan(out).any()
+        return out
+
+    filled = smooth_fill(raw)
+    scaled = (filled - filled.min()) / (filled.max() - filled.min())
+    inverted = -equalize_adapthist(scaled, clip_limit=parser["clahe_clip_limit"])
+    expected = smooth_fill((inverted - inverted[inside].mean()) / inverted[inside].std())
+    assert not inside.all()
     np.testing.assert_allclose(image, expected, atol=1e-4)
-    assert "fov" not in item  # the collimator mask is used up, not carried into batches
     vessel = label > 0
     ring = binary_dilation(vessel, iterations=4) & ~binary_dilation(vessel, iterations=1)
     assert image[vessel].mean() > image[ring].mean() + 0.3  # brighter than the background right around them
     crops = parser.get_parsed_content("train#preprocessing")(entry)
     assert len(crops) == parser["samples_per_image"]
     assert all(c["image"].shape == c["label"].shape == (1, 96, 96) for c in crops)
+    assert all("fov" not in c for c in crops)  # training: the loss sees the filled outside as background
 
 
 def test_xca_validation_inferer_keeps_the_input_size():
@@ -125,7 +148,12 @@ def test_xca_overlay_parses_on_inference_and_evaluate(tmp_path):
     assert list(inference.get_parsed_content("inferer").roi_size) == [320, 320]
     evaluate = config_parser(CONFIGS / "train.json", CONFIGS / "evaluate.json", OVERLAY, bundle_root=str(tmp_path))
     names = [type(t).__name__ for t in evaluate.get_parsed_content("validate#postprocessing").transforms]
-    assert "SaveImaged" in names and "MaskOutsided" not in names  # no field of view: the whole image is scored
+    # the prediction is background outside the exposed field; the label is not masked: the whole image is scored
+    assert names.index("MaskOutsided") < names.index("SaveImaged")
+    for parser in (evaluate, config_parser(CONFIGS / "train.json", OVERLAY, bundle_root=str(tmp_path))):
+        post = parser.get_parsed_content("validate#postprocessing").transforms
+        masks = [t for t in post if type(t).__name__ == "MaskOutsided"]
+        assert [list(t.keys) for t in masks] == [["pred"]] and masks[0].mask_key == "fov"
 
 
 @pytest.mark.integration
