@@ -19,7 +19,11 @@ for ``--old_model``: the preprocessing a model was trained with), over the whole
 Columns: Dice, sensitivity, the count of false-positive connected components (8-connected predicted components that
 touch no labelled pixel), and the share of predicted vessel pixels in the **edge band**, defined independently of
 the product's own field mask as in the issue: within ``--band`` px of the dark surround (raw grey <= 25, opened by
-a 2 px disc) or of the image border; the band is split into its collimator part and its image-border part.
+a 2 px disc) or of the image border; the band is split into its collimator part and its image-border part, and the
+image-border part's precision (labelled share of what is predicted there) says whether that output is wrong.
+``--set KEY=VALUE`` overrides a key of ``--data`` for the ``--model`` networks only, e.g.
+``--set inferer#padding_mode=constant`` scores them with the zero-padded sliding window used before.
+``trained with``: ``after`` for ``--model`` (``--data``), ``before`` for ``--old_model`` (``--old_data``).
 
 ``--fills`` prints a second table, about the network's input only: for each fill method of
 :class:`~lightvessel_monai.data.field_of_view.FillOutsided`, the largest and the 99th percentile of the input's
@@ -37,6 +41,7 @@ shows in the ring's median).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -60,6 +65,17 @@ def parser_for(data: str, overrides: dict | None = None) -> ConfigParser:
     for key, value in (overrides or {}).items():
         parser[key] = value
     return parser
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON where it parses (``[320,320]``, ``0.5``) and as a string otherwise."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def edge_bands(raw: np.ndarray, band: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +108,10 @@ def field_of(parser: ConfigParser, raw: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def score(data: str, network_key: str, weights: str, field_parser: ConfigParser, band: int) -> dict[str, list]:
-    parser = parser_for(data)
+def score(
+    data: str, network_key: str, weights: str, field_parser: ConfigParser, band: int, overrides: dict | None = None
+) -> dict[str, list]:
+    parser = parser_for(data, overrides)
     network = parser.get_parsed_content(network_key)
     load_state_dict_checked(network, weights, what=network_key)
     network.eval()
@@ -115,6 +133,8 @@ def score(data: str, network_key: str, weights: str, field_parser: ConfigParser,
                 "fp_components": false_positive_components(p, label),
                 "band_collimator": np.count_nonzero(p & collimator) / max(1, np.count_nonzero(p)),
                 "band_border": np.count_nonzero(p & border) / max(1, np.count_nonzero(p)),
+                # is the border band's output wrong? the labelled share of it (the arteries do leave the frame)
+                "border_precision": np.count_nonzero(p & border & label) / max(1, np.count_nonzero(p & border)),
             }
             for key, value in row.items():
                 out.setdefault(f"{mode}_{key}", []).append(value)
@@ -223,24 +243,36 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], help="NAME=network_def|teacher_def=WEIGHTS")
     ap.add_argument("--old_data", help="the data overlay the --old_model networks were trained with")
     ap.add_argument("--old_model", action="append", default=[], help="as --model, scored with --old_data")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a key of --data for the --model networks, e.g. inferer#padding_mode=constant",
+    )
     ap.add_argument("--band", type=int, default=8)
     ap.add_argument("--fills", action="store_true", help="also compare the fill methods on the network input")
     ap.add_argument("--figure", type=Path, help="draw the field found on a few frames of ../shared/data here")
     args = ap.parse_args()
+    overrides = dict(parse_setting(kv) for kv in args.set)
     field_parser = parser_for(args.data)
-    groups = [(args.data, m) for m in args.model] + [(args.old_data, m) for m in args.old_model]
-    cols = ["dice", "sensitivity", "fp_components", "band_collimator", "band_border"]
+    groups = [("after", args.data, m) for m in args.model] + [("before", args.old_data, m) for m in args.old_model]
+    cols = ["dice", "sensitivity", "fp_components", "band_collimator", "band_border", "border_precision"]
     if groups:
         print(f"XCA validation angiograms, band {args.band} px; mean over cases")
-        print("| model | post-processing | Dice | sensitivity | FP components | in collimator band | in border band |")
-        print("|---|---|---|---|---|---|---|")
-    for data, spec in groups:
+        print(
+            "| model | trained with | post-processing | Dice | sensitivity | FP components | in collimator band "
+            "| in border band | border band precision |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+    for overlay, data, spec in groups:
         name, key, weights = parse_model(spec)
-        result = score(data, key, weights, field_parser, args.band)
+        result = score(data, key, weights, field_parser, args.band, overrides if overlay == "after" else None)
         for mode in ("raw", "field"):
             v = [statistics.fmean(result[f"{mode}_{c}"]) for c in cols]
             print(
-                f"| {name} | {mode} | {v[0]:.4f} | {v[1]:.4f} | {v[2]:.1f} | {100 * v[3]:.2f} % | {100 * v[4]:.2f} % |"
+                f"| {name} | {overlay} | {mode} | {v[0]:.4f} | {v[1]:.4f} | {v[2]:.1f} | {100 * v[3]:.2f} % "
+                f"| {100 * v[4]:.2f} % | {100 * v[5]:.1f} % |"
             )
     if args.fills:
         fill_table(args.data)

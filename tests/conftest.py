@@ -6,6 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# Under pytest-xdist (the README's ``-n 2``) each worker gets one core: one thread per worker and per subprocess it
+# starts, so the two workers do not oversubscribe the machine. A test that needs several threads sets them itself.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
