@@ -344,6 +344,8 @@ class Preflight:
         self.use_teacher = use_teacher
 
     def check(self) -> None:
+        sizes = ", ".join(f"{len(entries)} {split}" for split, entries in self.datalists.items())
+        logger.info(f"pre-flight: images per split: {sizes}")
         count_outside([entry for entries in self.datalists.values() for entry in entries], self.dataset_dir)
         check_taps(self.network, self.student_taps, self.distillation, side="student")
         check_taps(self.teacher, self.teacher_taps, self.distillation, side="teacher")

@@ -204,6 +204,24 @@ def xca_datalist(root: str | os.PathLike, validation_numbers: Sequence[int] = XC
     return datalist
 
 
+def label_scarce(datalist: dict, labelled: int) -> dict:
+    """The same datalist with only the first ``labelled`` training entries annotated: the others move, image only,
+    to its ``"unlabeled"`` list (after any it already has). Validation is unchanged. The clinic that annotates ten
+    frames: ``label_scarce(xca_datalist(root), 10)``.
+    """
+    training = list(datalist.get("training", []))
+    if not 1 <= int(labelled) <= len(training):
+        raise DataError(
+            f"label_scarce: labelled must be between 1 and {len(training)} training entries, got {labelled}"
+        )
+    scarce = dict(datalist)
+    scarce["training"] = training[: int(labelled)]
+    scarce["unlabeled"] = list(datalist.get("unlabeled", [])) + [
+        {"image": e["image"]} for e in training[int(labelled) :]
+    ]
+    return scarce
+
+
 def write_datalist(datalist: dict, path: str | os.PathLike) -> str:
     """Write ``datalist`` as JSON to ``path`` (atomically, creating its folder) and return the path as a string."""
     path = Path(path).expanduser().absolute()

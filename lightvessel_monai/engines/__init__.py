@@ -1,3 +1,4 @@
-from lightvessel_monai.engines.distillation_trainer import DistillationTrainer
+from lightvessel_monai.engines.distillation_trainer import DistillationTrainer, stand_in_label
+from lightvessel_monai.engines.mixed_batch import MixedBatch, mixup
 
-__all__ = ["DistillationTrainer"]
+__all__ = ["DistillationTrainer", "MixedBatch", "mixup", "stand_in_label"]

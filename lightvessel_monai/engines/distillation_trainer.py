@@ -12,13 +12,27 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from torch import nn
 
+from lightvessel_monai.data.unlabeled import labelled_samples
 from lightvessel_monai.distributed import average_gradients, broadcast_tensors, is_distributed, unwrap
 from lightvessel_monai.features import FeatureTaps, InputTap
 from lightvessel_monai.losses.base import DistillationInputs
 from lightvessel_monai.losses.terms import DistillationTerm, parse_terms
 from lightvessel_monai.utils import check_positive_ints
 
-__all__ = ["DistillationTrainer"]
+__all__ = ["DistillationTrainer", "stand_in_label"]
+
+
+def stand_in_label(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The hard prediction of ``logits`` ``(B, K, ...)`` in the format of the label ``like``: class indices
+    ``(B, 1, ...)`` or one-hot ``(B, K, ...)``; a one-channel (sigmoid) head is thresholded at logit 0."""
+    logits = logits.detach()
+    if logits.shape[1] == 1:
+        return (logits > 0).to(like.dtype)
+    indices = logits.argmax(dim=1, keepdim=True)
+    if like.shape[1] == 1:
+        return indices.to(like.dtype)
+    return torch.zeros_like(logits, dtype=like.dtype).scatter_(1, indices, 1)
+
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +52,12 @@ class DistillationTrainer(SupervisedTrainer):
     saves it. A handler that needs the step's tensors (the critic update of ASD and SKD) defines
     ``after_step(engine, inputs)``: the trainer calls it once per iteration, after the student's optimiser step
     (``IterationEvents.MODEL_COMPLETED``), with the step's :class:`DistillationInputs` detached.
+
+    **Unlabelled samples.** A sample whose label is negative (-1 everywhere: an unlabelled image from
+    :class:`~lightvessel_monai.engines.MixedBatch`, or an input mixup has mixed) is left out of the segmentation
+    loss, and every distillation term sees it, with the teacher's prediction (argmax) in place of its label (the
+    student's own, detached, when there is no teacher); :attr:`DistillationInputs.labelled` says which samples are
+    which. A batch of labelled samples only is trained exactly as before.
 
     ``engine.state.output`` holds, besides the usual ``image``/``label``/``pred``/``loss``, one entry
     ``loss_<name>`` per term (``loss_seg`` and the *unweighted* term values).
@@ -158,7 +178,7 @@ class DistillationTrainer(SupervisedTrainer):
             teacher_features=dict(self.teacher_taps.features) if self.teacher_taps is not None else {},
             iteration=self.state.iteration,
         )
-        seg = self.seg_loss(pred, label).mean()
+        seg = self._segmentation_loss(pred, label, inputs)
         total = seg
         logged = {"loss_seg": seg.detach()}
         weighted = {"seg": seg}
@@ -178,6 +198,21 @@ class DistillationTrainer(SupervisedTrainer):
         if self.teacher_taps is not None:
             self.teacher_taps.clear()
         return total
+
+    def _segmentation_loss(self, pred: torch.Tensor, label: torch.Tensor, inputs: DistillationInputs) -> torch.Tensor:
+        """The segmentation loss of the labelled samples; unlabelled ones get a stand-in label in ``inputs``."""
+        labelled = labelled_samples(label)
+        if bool(labelled.all()):
+            return self.seg_loss(pred, label).mean()
+        inputs.labelled = labelled
+        inputs.label = torch.where(
+            labelled.reshape((-1,) + (1,) * (label.ndim - 1)),
+            label,
+            stand_in_label(inputs.teacher_pred if inputs.teacher_pred is not None else pred.detach(), label),
+        )
+        if not bool(labelled.any()):
+            return pred.sum() * 0.0  # keeps the graph: the terms still train the student
+        return self.seg_loss(pred[labelled], label[labelled]).mean()
 
     def _after_step(self, engine: DistillationTrainer) -> None:
         inputs, self._step_inputs = self._step_inputs, None

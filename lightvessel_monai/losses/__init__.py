@@ -30,6 +30,7 @@ from lightvessel_monai.losses.gkd import (
     graph_edges,
 )
 from lightvessel_monai.losses.kd import KnowledgeDistillation
+from lightvessel_monai.losses.pseudo_label import PseudoLabelLoss
 from lightvessel_monai.losses.skd import HolisticDistillation, PairwiseDistillation
 from lightvessel_monai.losses.terms import DistillationTerm, parse_terms, student_parameters, term_losses
 
@@ -54,6 +55,7 @@ __all__ = [
     "KnowledgeDistillation",
     "PairwiseDistillation",
     "PixelwiseSelfDistillation",
+    "PseudoLabelLoss",
     "PredictionMapDistillation",
     "RegionAffinityDistillation",
     "SideHeads",

@@ -24,6 +24,9 @@ class DistillationInputs:
         student_features: student taps by name (with autograd graph).
         teacher_features: teacher taps by name (no graph: the teacher is frozen).
         iteration: the trainer's global iteration (1-based), for warm-up schedules.
+        labelled: ``(B,)`` booleans, which samples carry an annotation; ``None`` when all do. Where a sample has
+            none (an unlabelled image, a mixed input), ``label`` holds the teacher's prediction (its argmax), or the
+            student's own when there is no teacher: a term that reads ``label`` uses that stand-in there.
     """
 
     image: torch.Tensor
@@ -33,6 +36,7 @@ class DistillationInputs:
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
     iteration: int = 0
+    labelled: torch.Tensor | None = None
 
     def detached(self) -> DistillationInputs:
         """The same tensors without their autograd graphs, for handlers that run after the student's step."""
@@ -48,6 +52,7 @@ class DistillationInputs:
             student_features={k: v.detach() for k, v in self.student_features.items()},
             teacher_features={k: v.detach() for k, v in self.teacher_features.items()},
             iteration=self.iteration,
+            labelled=self.labelled,
         )
 
 
