@@ -131,7 +131,7 @@ def test_the_mixup_target_is_the_teachers_output_on_the_mixed_input(spatial_dims
     # by hand: x_i' = lam_i x_i + (1 - lam_i) x_partner(i), lam_i >= 1/2 where mixed, 1 elsewhere
     by_hand = torch.stack([lam[i] * image[i] + (1 - lam[i]) * image[partner[i]] for i in range(4)])
     assert torch.allclose(term.seen.image, by_hand, atol=1e-6)
-    assert bool(mixed.any()) and (lam[mixed] >= 0.5).all() and (lam[~mixed] == 1).all()
+    assert bool(mixed.all()) and (lam >= 0.5).all() and (partner != torch.arange(4)).all()  # prob 1: all mixed
     with torch.no_grad():
         target = teacher(by_hand)
     assert torch.allclose(term.seen.teacher_pred, target, atol=1e-5)
@@ -148,6 +148,7 @@ def test_mixup_draws_from_the_global_rng_so_a_seed_repeats_it():
     b = mixup(image, label, 0.5, 1.0)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert (a[1][a[4]] == UNLABELED).all() and (a[1][~a[4]] == 0).all()
+    assert sorted(a[3].tolist()) == list(range(6)) and (a[3] != torch.arange(6)).all()  # a cycle, no self-pair
 
 
 def test_pseudo_label_loss_is_the_segmentation_loss_on_the_teachers_mask_of_unlabelled_samples():

@@ -35,7 +35,8 @@ def mixup(
     """Mix each sample, with probability ``prob``, with another sample of the batch: ``lam * x_i + (1 - lam) * x_j``.
 
     ``lam ~ Beta(alpha, alpha)`` per sample, folded to ``max(lam, 1 - lam)`` so that sample ``i`` dominates its mix,
-    and ``j`` a random permutation of the batch (a sample paired with itself stays as it is). A mixed sample loses its
+    and ``j`` the next sample on a random cycle through the batch (never ``i`` itself, so ``prob`` 1 mixes every
+    sample of a batch of two or more). A mixed sample loses its
     label: its label becomes :data:`~lightvessel_monai.data.unlabeled.UNLABELED`, so the segmentation loss skips it
     and every distillation term is matched to the teacher's output on the mixed input (Beyer et al., CVPR 2022:
     function matching). No label is mixed. All random draws come from torch's global RNG on the CPU (a resumed run
@@ -50,8 +51,11 @@ def mixup(
     mixed = torch.rand(batch) < prob
     lam = torch.distributions.Beta(float(alpha), float(alpha)).sample((batch,))
     lam = torch.maximum(lam, 1 - lam)
-    partner = torch.randperm(batch)
-    mixed &= partner != torch.arange(batch)
+    # a random cycle through the batch: nobody is their own partner, so prob 1 mixes every sample
+    order = torch.randperm(batch)
+    partner = torch.empty(batch, dtype=torch.long)
+    partner[order] = order.roll(-1)
+    mixed &= partner != torch.arange(batch)  # a batch of one has no partner
     lam = torch.where(mixed, lam, torch.ones_like(lam))
     shape = (batch,) + (1,) * (image.ndim - 1)
     w = lam.to(image.device, image.dtype).reshape(shape)
