@@ -119,8 +119,8 @@ class MarkUnlabeledd(MapTransform):
     """Give an unlabelled item a label of :data:`UNLABELED` everywhere, shaped as one channel of ``ref_key``.
 
     Put it after the preprocessing, before the crop and the augmentation: the label then follows every spatial
-    transform of the image, and the crop transforms that read a label (``RandCropByPosNegLabeld``) find no
-    foreground and crop uniformly.
+    transform of the image, and the crop transforms that read a label (``RandCropByPosNegLabeld``) find a single
+    class (MONAI's index maps count any non-zero value as foreground) and crop uniformly.
 
     Args:
         keys: the label key to create (``"label"``).
@@ -241,8 +241,9 @@ class UnlabeledStream:
         mine = indices[rank * self.images_per_step : (rank + 1) * self.images_per_step]
         samples: list[dict] = []
         with warnings.catch_warnings():
-            # a pos/neg crop of an unlabelled image has no foreground by construction: MONAI warns every time
-            warnings.filterwarnings("ignore", message="Num foregrounds 0")
+            # a pos/neg crop of an unlabelled image sees one class only (-1 everywhere is all "foreground" to MONAI's
+            # index maps), so it crops uniformly, as wanted, and MONAI warns about the balance every time
+            warnings.filterwarnings("ignore", message=r"Num foregrounds \d+, Num backgrounds \d+")
             for index in mine:
                 item = self.dataset[index]
                 samples += item if isinstance(item, list) else [item]

@@ -50,6 +50,10 @@ def correlation_map(
 class AdversarialSimilarityDistillation(Distiller):
     """Student term of ASD: fool a critic that tells teacher correlation maps from student ones.
 
+    Unlabelled samples: the annotation of the correlation maps is ``inputs.label``, which is the teacher's argmax
+    where a sample has no label (:class:`~lightvessel_monai.losses.base.DistillationInputs`), for the critic's real
+    and fake maps alike.
+
     The critic sees ``M = correlation(label, prediction)``: the teacher's map is "real", the student's
     is "fake". This module returns the generator loss of the student's map; the critic itself is
     trained by :class:`lightvessel_monai.handlers.AdversarialUpdateHandler`, which calls

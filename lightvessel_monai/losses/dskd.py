@@ -153,6 +153,10 @@ class SideHeads(nn.Module):
 class DeepDistributionLoss(Distiller):
     """DDL of DSKD (Lin 2025, arXiv 2509.03173): patch class-share KL between side outputs and the annotation.
 
+    Unlabelled samples: the target distribution is that of ``inputs.label``, the teacher's argmax where a sample has
+    no label, or the student's own (detached) without a teacher
+    (:class:`~lightvessel_monai.losses.base.DistillationInputs`).
+
     For every decoder tap ``i``: ``logits_i = B(f(X_i))`` at the label's size (:class:`SideHeads`), then
     :func:`patch_distribution_kl` against the one-hot label. The levels are averaged, so the weight of the term
     does not depend on how many decoder levels a data overlay exposes.

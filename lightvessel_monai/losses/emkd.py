@@ -152,6 +152,9 @@ def region_affinity_loss(
 class RegionAffinityDistillation(PairedTapsDistiller):
     r"""RAD: transfer the cosine affinities between class-region prototypes (EMKD).
 
+    Unlabelled samples: the regions are those of ``inputs.label``, the teacher's argmax where a sample has no label
+    (:class:`~lightvessel_monai.losses.base.DistillationInputs`).
+
     For each level ``l`` and sample ``b``, the masked-average feature (prototype) of every class region present in
     the label is computed on each network's own grid, and the ``K x K`` cosine affinities are compared:
 

@@ -401,7 +401,11 @@ class DomainInvariantCrossDistillation(_GKDTerm):
 
 
 class SemanticAlignment(_GKDTerm):
-    """The SAN's ACT, online: :class:`AlignmentConsistencyLoss` of the student's reconstruction through its SAN."""
+    """The SAN's ACT, online: :class:`AlignmentConsistencyLoss` of the student's reconstruction through its SAN.
+
+    Unlabelled samples: the label autoencoder encodes ``inputs.label``, the teacher's argmax where a sample has no
+    label (:class:`~lightvessel_monai.losses.base.DistillationInputs`).
+    """
 
     method = "GKD alignment"
 

@@ -49,6 +49,8 @@ class KnowledgeDistillation(Distiller):
             :func:`~lightvessel_monai.losses._common.class_balanced_weights` of the label, so that each annotated
             class (vessel, background) weighs the same, instead of a plain mean that is mostly background. Needs a
             label at the logits' size and a multi-class (``softmax``) head. Default ``False``: the paper's mean.
+            Unlabelled samples: the weights come from ``inputs.label``, the teacher's argmax where a sample has no
+            label (:class:`~lightvessel_monai.losses.base.DistillationInputs`).
     """
 
     method = "KD"
