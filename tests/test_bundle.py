@@ -277,13 +277,21 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, m
     """SIGKILL inside an epoch, then the same command: the final student equals an uninterrupted run's, bit for bit.
 
     8 images of batch 1 make 8 iterations per epoch; a resume state is saved before every 3rd batch, so the first one
-    (after iteration 3) is inside the first epoch. LightVessel carries a critic and its optimiser, DSKD a self-teacher.
+    (after iteration 3) is inside the first epoch. LightVessel carries a critic and its optimiser, DSKD a self-teacher;
+    the DSKD run also draws unlabelled images (their order, position and augmentation state) and mixes its batches.
     """
     import signal
     import time
 
     configs = ["train.json"] + ([] if method == "lightvessel" else [str(REPO / "configs" / "methods" / "dskd.json")])
     extra = {"synthetic#num_train": 8, "batch_size": 1, "max_epochs": 2, "resume_every_n_iterations": 3}
+    if method == "dskd":
+        folder = tmp_path / "unlabelled"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(5):  # 5 unlabelled images, 1 per step: the order runs out and is redrawn inside an epoch
+            Image.fromarray(rng.integers(0, 255, (128, 128), dtype=np.uint8)).save(folder / f"u{i}.png")
+        extra.update({"unlabeled_glob": str(folder / "*.png"), "mixup_prob": 0.5})
     reference = tmp_path / "reference"
     run_bundle("training", configs, reference, extra)
     extra = {**extra, "dataset_dir": reference / "data"}
