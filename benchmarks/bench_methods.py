@@ -12,6 +12,10 @@ fwd + (rest - rest of none)``; the last column compares it with the teacher forw
 
     python benchmarks/bench_methods.py [--data configs/data/synthetic_3d.json] [--batch 16] [--rounds 5] [--steps 4]
 
+``--unlabeled N`` appends N unlabelled patches (label -1) to the batch of every method that would use them (a teacher
+or a term; ``none`` trains on the labelled patches alone, as the bundle does), and each method's own mixup
+(``mixup_prob``, e.g. ``fm_kd``) runs in its ``prepare_batch``, as in training.
+
 A method may carry config overrides, ``name+key=json+key=json``, to time variants side by side, e.g.
 ``--methods none,lightvessel,"lightvessel+critic_channels=[8,16,32,64]"``.
 """
@@ -30,6 +34,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from lightvessel_monai.compare import method_config, split_methods, split_variant
+from lightvessel_monai.data.unlabeled import UNLABELED, labelled_samples
+from lightvessel_monai.engines import DistillationTrainer, MixedBatch
 from lightvessel_monai.handlers import AdversarialUpdateHandler
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,10 +52,13 @@ def build_trainer(spec: str, data: str | None, batches: list[dict], root: str):
         parser[key] = value
     parser["device"] = "$torch.device('cpu')"
     parser["asd_warmup"] = 0
-    from lightvessel_monai.engines import DistillationTrainer
 
     use_teacher = parser.get_parsed_content("use_teacher")
+    if not (use_teacher or parser.get_parsed_content("distillation")):
+        batches = [{k: v[labelled_samples(b["label"])] for k, v in b.items()} for b in batches]  # as the bundle
+    mix = MixedBatch(None, parser.get_parsed_content("mixup_prob"), parser.get_parsed_content("mixup_alpha"))
     trainer = DistillationTrainer(
+        prepare_batch=mix,
         device=torch.device("cpu"),
         max_epochs=1,
         train_data_loader=batches,
@@ -123,6 +132,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="data overlay (default: the 2D synthetic angiograms)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--batch", type=int, default=16, help="patches per iteration (the 2D default is 4 images x 4)")
+    ap.add_argument("--unlabeled", type=int, default=0, help="unlabelled patches added to the batch (label -1)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="iterations per method per round")
     args = ap.parse_args()
@@ -134,6 +144,9 @@ def main() -> None:
     in_channels, patch = probe.get_parsed_content("in_channels"), probe.get_parsed_content("patch_size")
     image = torch.rand(args.batch, in_channels, *patch)
     label = (torch.rand(args.batch, 1, *patch) > 0.9).float()
+    if args.unlabeled:
+        image = torch.cat([image, torch.rand(args.unlabeled, in_channels, *patch)])
+        label = torch.cat([label, torch.full((args.unlabeled, 1, *patch), float(UNLABELED))])
     batch = {"image": image, "label": label}
 
     with tempfile.TemporaryDirectory() as root:
@@ -155,7 +168,8 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     print(f"machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(
-        f"one iteration = {args.batch} patches of {shape}; median of {args.rounds} rounds x {args.steps} iterations\n"
+        f"one iteration = {args.batch} patches of {shape} (+ {args.unlabeled} unlabelled, not for none); "
+        f"median of {args.rounds} rounds x {args.steps} iterations\n"
     )
     print(
         "| method | ms / iteration | vs none | teacher fwd | student fwd | terms fwd | critic step | rest "
