@@ -238,3 +238,17 @@ def test_the_zoom_rescales_the_unlabelled_image(tmp_path):
     assert tuple(zoomed["image"].shape) == (1, 32, 24) and "zoom" not in zoomed
     same = small_pipeline().transforms[1]({"image": item["image"]})
     assert tuple(same["image"].shape) == (1, 64, 48)
+
+
+def test_ranks_draw_different_unlabelled_images_from_the_same_order(tmp_path):
+    paths = write_pngs(tmp_path, 6, size=(32, 32))
+    entries = [{"image": p} for p in paths]
+    plain = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])
+    pipeline = unlabeled_transform(plain, [], [], seed=0)
+    drawn = []
+    for rank in (0, 1):
+        torch.manual_seed(3)  # under torchrun every rank holds the same global RNG
+        stream = UnlabeledStream(entries, pipeline, images_per_step=2)
+        drawn.append([s["image"].flatten()[:8].tolist() for s in stream.draw(rank=rank, world_size=2)])
+    assert len(drawn[0]) == len(drawn[1]) == 2
+    assert not any(a == b for a in drawn[0] for b in drawn[1])  # four different images in the step
