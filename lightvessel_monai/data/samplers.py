@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["ResumableSampler"]
+__all__ = ["ResumableSampler", "pack_rng_state", "unpack_rng_state"]
 
 
 class ResumableSampler(Sampler[int]):
@@ -47,3 +48,15 @@ class ResumableSampler(Sampler[int]):
     def resume_from(self, state: Mapping[str, Any]) -> None:
         """Make the next epoch continue the stored one from its ``consumed`` position."""
         self._resume = ([int(i) for i in state["order"].tolist()], int(state["consumed"]))
+
+
+def pack_rng_state(state: tuple) -> dict[str, Any]:
+    """A numpy ``RandomState.get_state()`` tuple as a tensor and numbers (a ``weights_only`` checkpoint holds it)."""
+    _, keys, pos, has_gauss, gauss = state
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
+
+
+def unpack_rng_state(state: Mapping[str, Any]) -> tuple:
+    """The ``RandomState.set_state()`` tuple of what :func:`pack_rng_state` returned."""
+    keys = state["keys"].numpy().astype(np.uint32)
+    return ("MT19937", keys, int(state["pos"]), int(state["has_gauss"]), float(state["gauss"]))

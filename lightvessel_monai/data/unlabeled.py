@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import copy
 import glob
+import json
 import logging
 import os
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, MapTransform, Randomizable, Zoom
 
 from lightvessel_monai.data.checks import check_datalist, load_datalist
+from lightvessel_monai.data.samplers import pack_rng_state, unpack_rng_state
 from lightvessel_monai.errors import ConfigKeyError, DataError
 
 __all__ = [
@@ -76,10 +79,8 @@ def unlabeled_datalist(
     entries: list[dict] = []
     sources: list[str] = []
     if datalist_file and os.path.isfile(datalist_file):
-        import json
-
         try:
-            content = json.loads(open(datalist_file, encoding="utf-8").read())
+            content = json.loads(Path(datalist_file).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             content = None  # load_datalist of the training list reports a broken datalist
         if isinstance(content, dict) and key in content:
@@ -256,15 +257,11 @@ class UnlabeledStream:
 
     def state_dict(self) -> dict[str, Any]:
         """Order, position and transform RNG states, as tensors and numbers (``weights_only`` safe)."""
-        states = []
-        for t in self._random_transforms():
-            _, keys, pos, has_gauss, gauss = t.R.get_state()
-            states.append({"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "gauss": [has_gauss, gauss]})
         return {
             "order": torch.tensor(self.order, dtype=torch.int64),
             "position": torch.tensor(self.position),
             "size": torch.tensor(len(self.dataset)),
-            "transforms": states,
+            "transforms": [pack_rng_state(t.R.get_state()) for t in self._random_transforms()],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -275,9 +272,8 @@ class UnlabeledStream:
             raise ValueError(f"{len(state['transforms'])} unlabelled transform states for {len(randoms)} transforms")
         self.order = [int(i) for i in state["order"].tolist()]
         self.position = int(state["position"])
-        for t, s in zip(randoms, state["transforms"], strict=True):
-            has_gauss, gauss = s["gauss"]
-            t.R.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), int(s["pos"]), int(has_gauss), float(gauss)))
+        for t, saved in zip(randoms, state["transforms"], strict=True):
+            t.R.set_state(unpack_rng_state(saved))
 
 
 def unlabeled_stream(

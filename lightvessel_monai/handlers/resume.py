@@ -14,7 +14,7 @@ from ignite.engine import Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.transforms import Randomizable
 
-from lightvessel_monai.data.samplers import ResumableSampler
+from lightvessel_monai.data.samplers import ResumableSampler, pack_rng_state, unpack_rng_state
 from lightvessel_monai.distributed import is_rank0
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 from lightvessel_monai.utils import load_weights
@@ -107,7 +107,7 @@ class ResumeCheckpoint:
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
         state["rng"] = global_rng_state()
-        state["transforms"] = [_pack(r.get_state()) for r in _transform_rngs(engine)]
+        state["transforms"] = [pack_rng_state(r.get_state()) for r in _transform_rngs(engine)]
         consumed = engine.state.iteration % engine.state.epoch_length if engine.state.epoch_length else 0
         if consumed:  # inside an epoch: the rest of this epoch's order is needed
             sampler = _resumable_sampler(engine)
@@ -134,7 +134,7 @@ class ResumeCheckpoint:
                 if len(saved) != len(rngs):
                     raise ValueError(f"{len(saved)} random transform states for {len(rngs)} random transforms")
                 for rng, random_state in zip(rngs, saved, strict=True):
-                    rng.set_state(_unpack(random_state))
+                    rng.set_state(unpack_rng_state(random_state))
         except Exception as err:
             raise CheckpointMismatchError(
                 f"resume checkpoint {self.path} does not fit this run ({str(err).splitlines()[0][:200]}); "
@@ -169,7 +169,7 @@ def global_rng_state() -> dict[str, Any]:
     version, words, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": _pack(np.random.get_state()),
+        "numpy": pack_rng_state(np.random.get_state()),
         "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
     }
     if torch.cuda.is_available():
@@ -180,22 +180,11 @@ def global_rng_state() -> dict[str, Any]:
 def set_global_rng_state(state: Mapping[str, Any]) -> None:
     """Restore what :func:`global_rng_state` returned."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(_unpack(state["numpy"]))
+    np.random.set_state(unpack_rng_state(state["numpy"]))
     python = state["python"]
     random.setstate((int(python["version"]), tuple(int(w) for w in python["words"].tolist()), python["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _pack(state: tuple) -> dict[str, Any]:
-    """A numpy ``RandomState.get_state()`` tuple as a tensor and numbers."""
-    _, keys, pos, has_gauss, gauss = state
-    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
-
-
-def _unpack(state: Mapping[str, Any]) -> tuple:
-    keys = state["keys"].numpy().astype(np.uint32)
-    return ("MT19937", keys, int(state["pos"]), int(state["has_gauss"]), float(state["gauss"]))
 
 
 def _transform_rngs(engine: Engine) -> list[np.random.RandomState]:
