@@ -177,26 +177,33 @@ def validation_overlay_figure(cases: list[Mapping[str, object]], path: str, titl
 
     Each case maps ``image``, ``label``, ``pred`` to ``(H, W)`` arrays (intensities; class maps, foreground > 0),
     with optional ``mask`` (region of interest, darkened outside), ``dice`` (shown in the row) and ``title``
-    (the case's name). The error overlay is :func:`error_overlay`: true positives white, false positives red,
-    false negatives blue. Written atomically.
+    (the case's name). A case with ``channels`` (``{panel title: (H, W)}``, e.g. a 2.5D slab's neighbouring
+    slices) shows those panels in place of the single image. The error overlay is :func:`error_overlay`, drawn on
+    ``image``: true positives white, false positives red, false negatives blue. Written atomically.
     """
     rows = max(len(cases), 1)
-    fig, axes = plt.subplots(rows, 4, figsize=(10.4, 2.7 * rows + 0.4), dpi=100, squeeze=False)
+    columns = 3 + max((len(c.get("channels") or {}) or 1 for c in cases), default=1)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.7 * rows + 0.4), dpi=100, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for row, case in zip(axes, cases, strict=False):
         image, label, pred = (np.asarray(case[k]) for k in ("image", "label", "pred"))
         mask = None if case.get("mask") is None else np.asarray(case["mask"])
         dice = case.get("dice")
-        panels = [
-            (str(case.get("title") or "image"), image, "gray"),
+        case_title = str(case.get("title") or "image")
+        views = dict(case.get("channels") or {}) or {case_title: image}
+        if case.get("channels"):
+            first = next(iter(views))
+            views = {f"{case_title}: {first}" if k == first else k: v for k, v in views.items()}
+        panels = [(name, np.asarray(view), "gray") for name, view in views.items()]
+        panels += [
             ("annotation", label > 0, "gray"),
             ("prediction", pred > 0, "gray"),
             ("TP white, FP red, FN blue" + ("" if dice is None else f" (Dice {float(dice):.3f})"), None, None),
         ]
-        for ax, (name, data, cmap) in zip(row, panels, strict=True):
-            shown = error_overlay(image, label, pred, mask) if data is None else data
-            ax.imshow(shown, cmap=cmap, interpolation="nearest")
+        for ax, (name, data, cmap) in zip(row, panels, strict=False):
+            picture = error_overlay(image, label, pred, mask) if data is None else data
+            ax.imshow(picture, cmap=cmap, interpolation="nearest")
             ax.set_title(name, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)

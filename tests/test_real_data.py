@@ -143,13 +143,18 @@ def test_lvsd300_preprocessing_splits_slices_and_mask(tmp_path):
     preprocessing = parser.get_parsed_content("preprocessing")
     path = lvsd300_datalist(LVSD)["training"][0]["image"]
     item = preprocessing({"image": path, "label": path})
-    assert sorted(item) == ["image", "label"]
+    assert sorted(item) == ["image", "label", "liver"]
     raw = np.asarray(nib.load(path).dataobj)
     image, label = item["image"].numpy(), item["label"].numpy()
     assert image.shape == (7, 512, 512) and label.shape == (1, 512, 512)
     assert set(np.unique(label)) == {0.0, 1.0}
     np.testing.assert_array_equal(label[0], raw[..., 0] > 0)
-    np.testing.assert_allclose(image * 255.0, np.moveaxis(raw[..., 1:], -1, 0), atol=1e-3)
+    # standardised by the liver's voxels (> 0 in the liver-masked slices), the outside shifted with them
+    slices = np.moveaxis(raw[..., 1:], -1, 0).astype(np.float64) / 255.0
+    inside = slices[slices > 0]
+    expected = (slices - inside.mean()) / inside.std(ddof=1)
+    np.testing.assert_allclose(image, expected, atol=1e-4)
+    np.testing.assert_array_equal(item["liver"].numpy()[0], (raw[..., 1:] > 0).any(-1))
 
 
 @pytest.mark.integration

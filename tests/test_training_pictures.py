@@ -164,6 +164,54 @@ def test_overlay_changes_with_the_prediction_only(tmp_path, spatial_dims):
     assert (tmp_path / "batched" / "overlays" / "epoch_7.png").is_file()
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_overlay_draws_the_listed_channels_side_by_side(tmp_path, spatial_dims):
+    # a 2.5D slab: 5 channels, drawn as channels 1-3 with the errors on the middle one (LVSD300: 2-4 of 7)
+    cases = _cases(spatial_dims, n=2)
+    for case in cases:
+        case["image"] = MetaTensor(torch.cat([case["image"] * (k + 1) for k in range(5)]), meta=case["image"].meta)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d
+    net = conv(5, 2, 3, padding=1)
+    overlay = ValidationOverlayHandler(str(tmp_path), num_cases=2, image_channels=[1, 2, 3])
+    post = Compose(
+        [
+            Activationsd(keys="pred", softmax=True),
+            AsDiscreted(keys=["pred", "label"], argmax=[True, False], to_onehot=[2, 2]),
+        ]
+    )
+    SupervisedEvaluator(
+        device="cpu",
+        val_data_loader=DataLoader(cases, batch_size=2),
+        network=net,
+        postprocessing=post,
+        val_handlers=[overlay],
+    ).run(4)
+    for drawn, case in zip(overlay.cases, cases, strict=True):
+        assert list(drawn["channels"]) == ["channel 1", "channel 2", "channel 3"]
+        for k in (1, 2, 3):
+            np.testing.assert_allclose(drawn["channels"][f"channel {k}"], _view(case["image"][k].numpy()), rtol=1e-6)
+        np.testing.assert_allclose(drawn["image"], _view(case["image"][2].numpy()), rtol=1e-6)  # the middle one
+    one_panel = ValidationOverlayHandler(str(tmp_path / "mean"), num_cases=1)
+    wide, narrow = _pixels(tmp_path / "overlays" / "epoch_4.png"), None
+    SupervisedEvaluator(
+        device="cpu", val_data_loader=DataLoader(cases[:1]), network=net, postprocessing=post, val_handlers=[one_panel]
+    ).run(4)
+    narrow = _pixels(tmp_path / "mean" / "overlays" / "epoch_4.png")
+    assert wide.shape[1] > 1.4 * narrow.shape[1]  # six panels a row against four
+    with pytest.raises(ConfigKeyError, match="image_channels"):
+        ValidationOverlayHandler(str(tmp_path), image_channels=[])
+    too_many = ValidationOverlayHandler(str(tmp_path / "bad"), num_cases=1, image_channels=[7])
+    with pytest.raises(ConfigKeyError, match="5 channels"):
+        SupervisedEvaluator(
+            device="cpu",
+            val_data_loader=DataLoader(cases[:1]),
+            network=net,
+            postprocessing=post,
+            val_handlers=[too_many],
+        ).run(1)
+
+
 def test_overlay_disabled_or_no_cases_writes_nothing(tmp_path):
     net = _net(2)
     for handler in (ValidationOverlayHandler(str(tmp_path), enabled=False), ValidationOverlayHandler(str(tmp_path), 0)):

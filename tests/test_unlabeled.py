@@ -21,8 +21,8 @@ from lightvessel_monai.data.unlabeled import (
     unlabeled_datalist,
     unlabeled_transform,
 )
-from lightvessel_monai.engines import DistillationTrainer, MixedBatch, mixup, stand_in_label
-from lightvessel_monai.errors import DataError
+from lightvessel_monai.engines import DistillationTrainer, MixedBatch, cutmix, mixup, stand_in_label
+from lightvessel_monai.errors import ConfigKeyError, DataError
 from lightvessel_monai.losses import KnowledgeDistillation, PseudoLabelLoss
 
 from conftest import distillation_inputs, tiny_unet
@@ -149,6 +149,48 @@ def test_mixup_draws_from_the_global_rng_so_a_seed_repeats_it():
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert (a[1][a[4]] == UNLABELED).all() and (a[1][~a[4]] == 0).all()
     assert sorted(a[3].tolist()) == list(range(6)) and (a[3] != torch.arange(6)).all()  # a cycle, no self-pair
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_cutmix_pastes_one_box_of_the_partner_with_its_label(spatial_dims):
+    size = (12, 10) if spatial_dims == 2 else (6, 8, 10)
+    image = torch.arange(4, dtype=torch.float32).reshape(4, 1, *(1,) * spatial_dims) + torch.zeros(4, 1, *size)
+    label = torch.stack([torch.full((1, *size), float(v)) for v in (0, 1, 0, UNLABELED)])  # sample 3 unlabelled
+    torch.manual_seed(3)
+    out, new_label, kept, partner, mixed = cutmix(image, label, 1.0, 1.0)
+    assert bool(mixed.all()) and (partner != torch.arange(4)).all()
+    for i in range(4):
+        from_partner = out[i] == float(partner[i])  # every voxel holds its own value or its partner's
+        assert bool((from_partner | (out[i] == float(i))).all())
+        # the pasted voxels form one axis-aligned box, its share of the patch is 1 - kept
+        idx = torch.nonzero(from_partner[0])
+        lo, hi = idx.amin(0), idx.amax(0)
+        box = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi, strict=True))
+        assert bool(from_partner[0][box].all())
+        assert abs(idx.shape[0] / from_partner[0].numel() - (1 - float(kept[i]))) < 1e-6
+        assert 0.5 - 0.15 <= float(kept[i]) <= 1.0  # the sample keeps the larger part (rounded box sides)
+        # the label is pasted with the image
+        expected = torch.where(from_partner, label[int(partner[i])], label[i])
+        assert torch.equal(new_label[i], expected)
+    # a sample with a pasted unlabelled part is unlabelled; two annotated parts keep an exact label
+    assert labelled_samples(new_label).tolist() == [
+        bool((label[i] >= 0).all() and (label[int(partner[i])] >= 0).all()) for i in range(4)
+    ]
+
+
+def test_cutmix_through_mixed_batch_repeats_with_the_seed_and_keeps_unmixed_samples():
+    image, label = torch.rand(5, 1, 16, 16), (torch.rand(5, 1, 16, 16) > 0.5).float()
+    prepare = MixedBatch(mixup_prob=0.5, mixup_mode="cutmix")
+    torch.manual_seed(8)
+    a = prepare({"image": image, "label": label})
+    mix_a = dict(prepare.last_mix)
+    torch.manual_seed(8)
+    b = prepare({"image": image, "label": label})
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    still = ~mix_a["mixed"]
+    assert torch.equal(a[0][still], image[still]) and torch.equal(a[1][still], label[still])
+    with pytest.raises(ConfigKeyError, match="mixup_mode"):
+        MixedBatch(mixup_prob=1.0, mixup_mode="blend")
 
 
 def test_pseudo_label_loss_is_the_segmentation_loss_on_the_teachers_mask_of_unlabelled_samples():

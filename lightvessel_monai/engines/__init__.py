@@ -1,4 +1,4 @@
 from lightvessel_monai.engines.distillation_trainer import DistillationTrainer, stand_in_label
-from lightvessel_monai.engines.mixed_batch import MixedBatch, mixup
+from lightvessel_monai.engines.mixed_batch import MixedBatch, cutmix, mixup
 
-__all__ = ["DistillationTrainer", "MixedBatch", "mixup", "stand_in_label"]
+__all__ = ["DistillationTrainer", "MixedBatch", "cutmix", "mixup", "stand_in_label"]

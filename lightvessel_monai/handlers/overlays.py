@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,10 +66,12 @@ class ValidationOverlayHandler:
 
     The handler reads ``image``, ``label`` and ``pred`` from the evaluator's output after its postprocessing, where
     label and prediction may be one-hot (their argmax is drawn) or class maps, decollated or batched. A multi-channel
-    image is drawn as the mean of its channels. A 3D case is drawn as one slice along the last axis (axial after
-    ``Orientationd("RAS")``): the one where the annotation has the most foreground, so the vessels are in view;
-    its index is in the row's title. Each slice is transposed for display by default, so a 2D PNG read by MONAI's
-    ``PILReader`` (which returns ``(W, H)`` arrays) appears as the file does.
+    image is drawn as the mean of its channels, or, with ``image_channels``, as one panel per listed channel (a 2.5D
+    slab's neighbouring slices: LVSD300 draws slices 3, 4 and 5 of 7), the error overlay on the middle one. A 3D
+    case is drawn as one slice along the last axis (axial after ``Orientationd("RAS")``): the one where the
+    annotation has the most foreground, so the vessels are in view; its index is in the row's title. Each slice is
+    transposed for display by default, so a 2D PNG read by MONAI's ``PILReader`` (which returns ``(W, H)`` arrays)
+    appears as the file does.
 
     The file is ``<output_dir>/<folder>/epoch_<k>.png`` (``<name>_epoch_<k>.png`` with a ``name``), written atomically,
     where ``k`` is the evaluator's ``state.epoch``: ``Evaluator.run(global_epoch)`` sets it to the trainer's epoch, so
@@ -83,6 +85,7 @@ class ValidationOverlayHandler:
         folder: sub-folder of ``output_dir`` for the PNGs.
         mask_key: optional batch key of a region of interest (e.g. ``"fov"``): outside it the overlay is darkened.
         transpose: transpose each 2D view for display (see above).
+        image_channels: the image channels to draw side by side (``None``: their mean, one panel).
         enabled: ``False`` attaches nothing (e.g. on every rank but 0 of a multi-GPU run).
     """
 
@@ -94,6 +97,7 @@ class ValidationOverlayHandler:
         folder: str = "overlays",
         mask_key: str | None = None,
         transpose: bool = True,
+        image_channels: Sequence[int] | None = None,
         enabled: bool = True,
     ) -> None:
         if isinstance(num_cases, bool) or not isinstance(num_cases, int) or num_cases < 0:
@@ -107,6 +111,16 @@ class ValidationOverlayHandler:
         self.folder = folder
         self.mask_key = mask_key
         self.transpose = bool(transpose)
+        if image_channels is not None and (
+            not isinstance(image_channels, Sequence)
+            or not image_channels
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in image_channels)
+        ):
+            raise ConfigKeyError(
+                f"ValidationOverlayHandler: image_channels (overlay_image_channels) must be a non-empty list of "
+                f"channel indices >= 0, or null, got {image_channels!r}"
+            )
+        self.image_channels = None if image_channels is None else [int(c) for c in image_channels]
         self.enabled = bool(enabled) and self.num_cases > 0
         self.cases: list[dict[str, Any]] = []
         self.written: list[str] = []
@@ -138,19 +152,33 @@ class ValidationOverlayHandler:
             self.cases.append(self._case(item, mask, len(self.cases)))
 
     def _case(self, item: Mapping[str, Any], mask: Any, number: int) -> dict[str, Any]:
-        image = _numpy(item["image"]).mean(axis=0)
+        channels = _numpy(item["image"])
         label, pred = _class_map(item["label"]), _class_map(item["pred"])
         roi = None if mask is None else _numpy(mask)[0] > 0
         case: dict[str, Any] = {"dice": _dice(label, pred), "title": _case_name(item["image"], number)}
-        views = {"image": image, "label": label, "pred": pred, "mask": roi}
-        if image.ndim == 3:
+        views = {"label": label, "pred": pred, "mask": roi}
+        if self.image_channels is None:
+            views["image"] = channels.mean(axis=0)
+        else:
+            if max(self.image_channels) >= channels.shape[0]:
+                raise ConfigKeyError(
+                    f"ValidationOverlayHandler: image_channels {self.image_channels} for an image of "
+                    f"{channels.shape[0]} channels"
+                )
+            views.update({f"channel {c}": channels[c] for c in self.image_channels})
+            views["image"] = channels[self.image_channels[len(self.image_channels) // 2]]
+        if label.ndim == 3:
             from lightvessel_monai.figures import most_foreground_slice
 
             z = most_foreground_slice(label)
             views = {k: None if v is None else v[..., z] for k, v in views.items()}
             case["title"] += f", slice {z}"
         for key, view in views.items():
-            case[key] = None if view is None else (view.T if self.transpose else view)
+            view = None if view is None else (view.T if self.transpose else view)
+            if key.startswith("channel "):
+                case.setdefault("channels", {})[key] = view
+            else:
+                case[key] = view
         return case
 
     def _write(self, engine: Engine) -> None:
