@@ -63,6 +63,7 @@ from lightvessel_monai.evaluation import count_flops, cpu_latency_ms, evaluate_c
 from lightvessel_monai.networks import count_parameters
 from lightvessel_monai.resources import data_overlay, methods_dir, train_config
 from lightvessel_monai.utils import (
+    atomic_write,
     atomic_write_text,
     find_bundle_root,
 )
@@ -450,9 +451,8 @@ class Comparison:
         trainer.run()
         train_seconds = time.perf_counter() - start
         network = parser.get_parsed_content("network")
-        tmp = run_dir / "model.pt.tmp"
-        torch.save(network.state_dict(), tmp)
-        os.replace(tmp, run_dir / "model.pt")
+        state = network.state_dict()
+        atomic_write(run_dir / "model.pt", lambda f: torch.save(state, f))
         rows, preds = self._evaluate(parser, network)
         for index, pred in enumerate(preds):
             np.save(run_dir / f"prediction_{index}.npy", pred)

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -24,10 +24,23 @@ from lightvessel_monai.metrics import METRIC_NAMES
 from lightvessel_monai.significance import bootstrap_mean_ci, paired_difference
 from lightvessel_monai.utils import atomic_write_text, csv_text, markdown_table
 
-if TYPE_CHECKING:
-    from lightvessel_monai.compare import Comparison
 
-__all__ = ["ComparisonOutputs", "DicePanel", "dice_panels", "run_folder", "BASELINE", "CI_LEVEL"]
+class ComparisonState(Protocol):
+    """What :class:`ComparisonOutputs` reads of a finished comparison (:class:`lightvessel_monai.compare.Comparison`
+    has it); a protocol, so that this module does not import the one that runs the students."""
+
+    output_dir: Path
+    mask_key: str | None
+    input_shape: Sequence[int]
+    latency_repeats: int
+    max_epochs: int
+    iterations_per_epoch: int
+    cases: list
+    teacher_predictions: list
+    source_name: str
+    targets: Sequence[Any]
+
+__all__ = ["ComparisonOutputs", "ComparisonState", "DicePanel", "dice_panels", "run_folder", "BASELINE", "CI_LEVEL"]
 
 BASELINE = "none"  # the method every other one is paired with
 CI_LEVEL = 0.95
@@ -61,7 +74,7 @@ class ComparisonOutputs:
             else).
     """
 
-    def __init__(self, comparison: Comparison) -> None:
+    def __init__(self, comparison: ComparisonState) -> None:
         self.output_dir = comparison.output_dir
         self.mask_key = comparison.mask_key
         self.input_shape = comparison.input_shape

@@ -1,4 +1,7 @@
-"""Running the distillation under ``torchrun``: the process group, the student's DDP and the rank-0 writers.
+"""Running the distillation under ``torchrun``: the process group, the student's DDP and rank 0's own work.
+
+Which handlers run on rank 0 only (those that only write) is declared beside the handlers:
+:func:`lightvessel_monai.handlers.rank0_handlers`.
 
 ``bundle/configs/multi_gpu_train.json`` calls these from config. The plan it gives ``run`` is:
 
@@ -42,7 +45,6 @@ __all__ = [
     "is_distributed",
     "is_rank0",
     "local_device",
-    "rank0_handlers",
     "require_torchrun",
     "run_on_rank0",
     "unwrap",
@@ -196,33 +198,3 @@ def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
             seen.add(id(tensor))
             with torch.no_grad():
                 dist.broadcast(tensor.data, src=src)
-
-
-def _writer_types() -> tuple[type, ...]:
-    """Handlers that only write files or logs: one copy, on rank 0, is enough (and several would clash)."""
-    from monai.handlers import CheckpointSaver, MLFlowHandler, StatsHandler, TensorBoardStatsHandler
-
-    from lightvessel_monai import handlers
-
-    return (
-        CheckpointSaver,
-        MLFlowHandler,
-        StatsHandler,
-        TensorBoardStatsHandler,
-        handlers.LearningCurveHandler,
-        handlers.ProgressBarHandler,
-        handlers.ValidationOverlayHandler,
-    )
-
-
-def rank0_handlers(handlers: Sequence[Any] | None) -> list[Any]:
-    """``handlers`` on rank 0; on other ranks, without the handlers that only write (logs, checkpoints, curves).
-
-    What every rank must run stays: validation (its metric is all-gathered), learning-rate schedules, the non-finite
-    loss guard and :class:`~lightvessel_monai.handlers.ResumeCheckpoint` (all ranks load it; it saves on rank 0).
-    """
-    handlers = [h for h in (handlers or []) if h is not None]
-    if is_rank0():
-        return handlers
-    writers = _writer_types()
-    return [h for h in handlers if not isinstance(h, writers)]

@@ -73,14 +73,8 @@ def draw_dice_panel(
 
 
 def save_figure(fig: plt.Figure, path: str) -> str:
-    """Write ``fig`` to ``path`` atomically (a temporary file, then a rename) and close it."""
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    """Write ``fig`` to ``path`` as PNG, atomically (:func:`_write_png`), and close it."""
+    return _write_png(fig, path)
 
 
 def learning_curve_plot(

@@ -24,7 +24,7 @@ from torch import nn
 from lightvessel_monai.data.checks import count_outside
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 from lightvessel_monai.features import check_taps
-from lightvessel_monai.utils import atomic_write_text, load_state_dict_checked, read_state_dict
+from lightvessel_monai.utils import atomic_write, atomic_write_text, load_state_dict_checked, read_state_dict
 
 __all__ = [
     "describe",
@@ -257,10 +257,9 @@ class TeacherStage:
             )
         # a diverged teacher is never cached as if it were valid
         read_state_dict(self.best_checkpoint, "teacher")
-        # copy then rename, so a killed run never leaves a half-written cache entry
-        tmp = self.checkpoint + ".tmp"
-        shutil.copyfile(self.best_checkpoint, tmp)
-        os.replace(tmp, self.checkpoint)
+        # an atomic copy: a killed run never leaves a half-written cache entry
+        with open(self.best_checkpoint, "rb") as best:
+            atomic_write(self.checkpoint, lambda f: shutil.copyfileobj(best, f))
         metric = getattr(getattr(self.evaluator, "state", None), "best_metric", None)
         digests = {"data_sha256": data_content_digest(self.datalist), "data_stat": data_stat_digest(self.datalist)}
         self._write_info({**self.info, "best_val_dice": metric, **(digests if self.datalist is not None else {})})

@@ -22,6 +22,7 @@ from test_bundle_3d import TINY_3D
 
 from lightvessel_monai import distributed
 from lightvessel_monai.errors import ConfigKeyError
+from lightvessel_monai.handlers import rank0_handlers
 
 from conftest import REPO
 from test_bundle import CONFIGS, TINY
@@ -207,7 +208,7 @@ def _average_worker(rank: int, port: int, results):
             "frozen": frozen.grad.clone(),
             "broadcast": own.clone(),
             "rank0": distributed.is_rank0(),
-            "kept": len(distributed.rank0_handlers([_stats_handler(), "validation"])),
+            "kept": len(rank0_handlers([_stats_handler(), "validation"])),
         }
     finally:
         dist.destroy_process_group()
@@ -245,7 +246,7 @@ def test_without_a_process_group_everything_is_single_process():
     assert distributed.is_rank0() and distributed.get_world_size() == 1
     assert distributed.run_on_rank0(lambda x: x + 1, 1) == 2
     handlers = [_stats_handler()]
-    assert distributed.rank0_handlers(handlers) == handlers
+    assert rank0_handlers(handlers) == handlers
 
 
 def test_require_torchrun_names_the_missing_variables(monkeypatch):

@@ -53,7 +53,7 @@ def cache_valid(datalist_path: Path, generator: dict) -> bool:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``.
+    """Write ``data`` as JSON to ``path`` atomically (:func:`lightvessel_monai.utils.atomic_write_text`).
 
     Readers see either the old file, no file, or the complete new one, never a partial write.
     """

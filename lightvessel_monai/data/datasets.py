@@ -18,6 +18,7 @@ and label mapping.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from lightvessel_monai.data._cache import write_json_atomic
 from lightvessel_monai.errors import DataError
+from lightvessel_monai.utils import atomic_write
 
 __all__ = [
     "DRIVE_VALIDATION_NUMBERS",
@@ -94,9 +96,8 @@ def totalseg_example_datalist(root: str | os.PathLike, split_dir: str | os.PathL
                 if src not in sources:
                     sources[src] = nib.load(src)
                 part = sources[src].slicer[:, :, start:stop]
-                tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp.nii.gz")
-                nib.save(part, tmp)
-                os.replace(tmp, dst)
+                # gzip with mtime 0: the same half gives the same bytes (the teacher cache hashes the files)
+                atomic_write(dst, lambda f, part=part: f.write(gzip.compress(part.to_bytes(), mtime=0)))
             entry[kind] = str(dst)
         datalist[key] = [entry]
     return datalist

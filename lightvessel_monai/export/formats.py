@@ -8,6 +8,7 @@ model must reproduce the network's logits within ``atol``, or the file is remove
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from lightvessel_monai.errors import LightVesselError
+from lightvessel_monai.utils import atomic_write
 
 __all__ = ["export_torchscript", "export_onnx", "onnx_predict", "max_abs_difference", "ExportMismatchError"]
 
@@ -63,9 +65,7 @@ def export_torchscript(network: nn.Module, path: str | os.PathLike, example: tor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, but it is the Zoo's format
         scripted = torch.jit.script(network)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.jit.save(scripted, str(tmp))
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.jit.save(scripted, f))
         loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         actual = loaded(example)
@@ -87,24 +87,20 @@ def export_onnx(
     expected = _reference(network, example)
     spatial = range(2, example.ndim)
     axes = {0: "batch", **({d: f"spatial_{d - 2}" for d in spatial} if dynamic_spatial else {})}
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                network,
-                (example,),
-                str(tmp),
-                input_names=["image"],
-                output_names=["pred"],
-                dynamic_axes={"image": axes, "pred": axes},
-                opset_version=opset,
-                dynamo=False,
-            )
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a network that cannot be exported leaves no file behind
-        raise
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # exported in memory: a network that cannot be exported leaves no file behind
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            network,
+            (example,),
+            buffer,
+            input_names=["image"],
+            output_names=["pred"],
+            dynamic_axes={"image": axes, "pred": axes},
+            opset_version=opset,
+            dynamo=False,
+        )
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
     return _check(path, expected, onnx_predict(path, example), atol, "ONNX file")
 
 

@@ -3,6 +3,7 @@ from lightvessel_monai.handlers.finite import StopOnNonFiniteLoss
 from lightvessel_monai.handlers.learning_curve import LearningCurveHandler
 from lightvessel_monai.handlers.overlays import ValidationOverlayHandler
 from lightvessel_monai.handlers.progress import ProgressBarHandler
+from lightvessel_monai.handlers.rank0 import WRITER_HANDLERS, rank0_handlers
 from lightvessel_monai.handlers.resume import BestCheckpointState, ResumeCheckpoint
 from lightvessel_monai.handlers.self_teacher import SelfTeacherHandler, make_self_teacher
 from lightvessel_monai.handlers.semantic_distance import SemanticDistanceHandler
@@ -19,5 +20,7 @@ __all__ = [
     "SemanticDistanceHandler",
     "StopOnNonFiniteLoss",
     "ValidationOverlayHandler",
+    "WRITER_HANDLERS",
     "make_self_teacher",
+    "rank0_handlers",
 ]
