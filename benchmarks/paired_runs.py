@@ -4,10 +4,12 @@ Usage::
 
     python benchmarks/paired_runs.py --data configs/data/xca.json --scores docs/results/xca_arcade_scores.csv \\
         --teacher runs/ul27/teacher/teacher_<fingerprint>.pt \\
-        --run "none:0=runs/ul27/none_s0/models/model.pt" --run "fm_kd:0=runs/ul27/fm_kd_s0/models/model.pt"
+        --run "none:0=runs/ul27/none_s0/models/model_final.pt" --run "fm_kd:0=runs/ul27/fm_kd_s0/models/model_final.pt"
 
-Each ``--run METHOD:SEED=MODEL`` is a ``models/model.pt`` written by ``monai.bundle run training`` (the final
-weights, never a selected checkpoint), loaded into the overlay's ``network_def``; ``--teacher`` goes into
+Each ``--run METHOD:SEED=MODEL`` is a ``models/model_final.pt`` written by ``monai.bundle run training`` (the final
+weights; ``model.pt`` is the best validated checkpoint, selected on the very images scored here, so it is not a fair
+score), or a ``model.pt`` of ``lightvessel_monai.compare`` (validated once, at the end), loaded into the overlay's
+``network_def``; ``--teacher`` goes into
 ``teacher_def``. Every network is scored by the same code as ``lightvessel_monai.compare`` (its validation dataloader,
 inferer and post-processing, :func:`lightvessel_monai.evaluation.evaluate_cases`), one row per validation case.
 

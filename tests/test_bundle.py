@@ -118,6 +118,8 @@ def test_training_inference_evaluate(tmp_path):
     student = parser.get_parsed_content("network_def")
     student.load_state_dict(state)
     assert sum(p.numel() for p in student.parameters()) < 500_000
+    final = torch.load(root / "models" / "model_final.pt", weights_only=True)  # the last iteration's weights
+    student.load_state_dict(final)
     report = (root / "eval" / "report.csv").read_text().splitlines()
     assert report[0].startswith("model,dice,params,cpu_latency_ms") and len(report) == 3
     assert not list((root / "models" / "resume").glob("student_*.pt")), "a finished run leaves no resume file"

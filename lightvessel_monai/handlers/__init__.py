@@ -1,4 +1,5 @@
 from lightvessel_monai.handlers.adversarial import AdversarialUpdateHandler
+from lightvessel_monai.handlers.final_weights import FinalWeightsSaver
 from lightvessel_monai.handlers.finite import StopOnNonFiniteLoss
 from lightvessel_monai.handlers.learning_curve import LearningCurveHandler
 from lightvessel_monai.handlers.overlays import ValidationOverlayHandler
@@ -13,6 +14,7 @@ __all__ = [
     "AdversarialUpdateHandler",
     "BestCheckpointState",
     "FinalValidationHandler",
+    "FinalWeightsSaver",
     "LearningCurveHandler",
     "ProgressBarHandler",
     "ResumeCheckpoint",

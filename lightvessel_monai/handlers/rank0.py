@@ -8,6 +8,7 @@ from typing import Any
 from monai.handlers import CheckpointSaver, MLFlowHandler, StatsHandler, TensorBoardStatsHandler
 
 from lightvessel_monai.distributed import is_rank0
+from lightvessel_monai.handlers.final_weights import FinalWeightsSaver
 from lightvessel_monai.handlers.learning_curve import LearningCurveHandler
 from lightvessel_monai.handlers.overlays import ValidationOverlayHandler
 from lightvessel_monai.handlers.progress import ProgressBarHandler
@@ -19,6 +20,7 @@ WRITER_HANDLERS: tuple[type, ...] = (
     MLFlowHandler,
     StatsHandler,
     TensorBoardStatsHandler,
+    FinalWeightsSaver,
     LearningCurveHandler,
     ProgressBarHandler,
     ValidationOverlayHandler,
