@@ -1,4 +1,5 @@
 from lightvessel_monai.handlers.adversarial import AdversarialUpdateHandler
+from lightvessel_monai.handlers.divergence import StopOnLossGrowth, StopOnZeroDice
 from lightvessel_monai.handlers.final_weights import FinalWeightsSaver
 from lightvessel_monai.handlers.finite import StopOnNonFiniteLoss
 from lightvessel_monai.handlers.learning_curve import LearningCurveHandler
@@ -20,7 +21,9 @@ __all__ = [
     "ResumeCheckpoint",
     "SelfTeacherHandler",
     "SemanticDistanceHandler",
+    "StopOnLossGrowth",
     "StopOnNonFiniteLoss",
+    "StopOnZeroDice",
     "ValidationOverlayHandler",
     "WRITER_HANDLERS",
     "make_self_teacher",
