@@ -73,6 +73,19 @@ def is_rank0() -> bool:
     return get_rank() == 0
 
 
+def any_rank(flag: bool, device: torch.device | str | None = None) -> bool:
+    """Whether ``flag`` holds on any rank (a max all-reduce; ``flag`` itself without a process group).
+
+    A rule that stops training must stop every rank at the same iteration: a rank that raises alone leaves the
+    others waiting in the next collective for ever. ``device``: where the reduced tensor lives (CUDA under NCCL).
+    """
+    if not is_distributed():
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=device or local_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
 def local_device() -> torch.device:
     """``cuda:<LOCAL_RANK>`` when CUDA is available, else the CPU (``LOCAL_RANK`` is set by ``torchrun``)."""
     if torch.cuda.is_available():

@@ -209,6 +209,7 @@ def _average_worker(rank: int, port: int, results):
             "broadcast": own.clone(),
             "rank0": distributed.is_rank0(),
             "kept": len(rank0_handlers([_stats_handler(), "validation"])),
+            "any": (distributed.any_rank(rank == 1), distributed.any_rank(False)),
         }
     finally:
         dist.destroy_process_group()
@@ -234,6 +235,7 @@ def test_average_gradients_and_rank0_handlers_in_two_gloo_processes():
         assert torch.equal(r["broadcast"], torch.full((2,), 10.0))  # rank 0's values everywhere
     assert results[0]["rank0"] and not results[1]["rank0"]
     assert results[0]["kept"] == 2 and results[1]["kept"] == 1  # the log writer is dropped on rank 1
+    assert results[0]["any"] == results[1]["any"] == (True, False)  # a stop on rank 1 stops rank 0 too
 
 
 def test_without_a_process_group_everything_is_single_process():

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ignite.engine import Events
 
+from lightvessel_monai.distributed import any_rank
 from lightvessel_monai.errors import ConfigKeyError, TrainingDivergedError
 from lightvessel_monai.handlers.finite import _loss_items
 
@@ -58,16 +59,23 @@ class StopOnLossGrowth:
 
     def __call__(self, engine: Engine) -> None:
         terms = {name: abs(value) for name, value in _loss_items(engine.state.output) if math.isfinite(value)}
-        if "loss" not in terms:
+        if "loss" in terms:
+            self.seen += 1
+            if self.seen <= self.warmup:
+                for name, value in terms.items():
+                    self.early[name] = min(value, self.early.get(name, math.inf))
+            reference = self.early.get("loss", math.inf)
+            self.above = self.above + 1 if terms["loss"] > self.factor * max(reference, 1e-12) else 0
+        # every rank decides together (each sees its own loss): a rank that stopped alone would hang the others
+        if not any_rank(self.above >= self.window):
             return
-        self.seen += 1
-        if self.seen <= self.warmup:
-            for name, value in terms.items():
-                self.early[name] = min(value, self.early.get(name, math.inf))
-        reference = self.early.get("loss", math.inf)
-        self.above = self.above + 1 if terms["loss"] > self.factor * max(reference, 1e-12) else 0
-        if self.above < self.window:
-            return
+        if "loss" not in terms or self.above < self.window:
+            raise TrainingDivergedError(
+                f"{self.name} training diverged at iteration {engine.state.iteration} (epoch {engine.state.epoch}) "
+                f"on another rank: its total loss stayed above divergence_factor {self.factor:g}x its early minimum "
+                f"for divergence_window {self.window} iterations. Stopped, the last good checkpoints are kept"
+            )
+        reference = self.early["loss"]
         growth = {n: v / self.early[n] for n, v in terms.items() if n != "loss" and self.early.get(n, 0) > 0}
         term = max(growth, key=growth.get) if growth else "loss"
         ratio = growth.get(term, terms["loss"] / max(reference, 1e-12))

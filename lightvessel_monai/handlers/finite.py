@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from ignite.engine import Events
 
+from lightvessel_monai.distributed import any_rank
 from lightvessel_monai.errors import TrainingDivergedError
 
 if TYPE_CHECKING:
@@ -47,8 +48,8 @@ class StopOnNonFiniteLoss:
 
     def __call__(self, engine: Engine) -> None:
         bad = [(name, value) for name, value in _loss_items(engine.state.output) if not math.isfinite(value)]
-        if bad:
-            terms = ", ".join(f"{name} = {value}" for name, value in bad)
+        if any_rank(bool(bad)):  # every rank stops at the same iteration, or the others hang in DDP's all-reduce
+            terms = ", ".join(f"{name} = {value}" for name, value in bad) or "a loss term on another rank"
             raise TrainingDivergedError(
                 f"{self.name} training diverged at iteration {engine.state.iteration} (epoch {engine.state.epoch}): "
                 f"{terms}; stopped, the last good checkpoints are kept. Lower learning_rate or the term's weight"
