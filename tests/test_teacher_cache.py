@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from conftest import REPO
@@ -117,3 +118,40 @@ def test_a_disabled_stage_neither_trains_nor_loads_nor_reseeds(tmp_path):
     torch.manual_seed(7)
     assert stage.ensure() is None and trainer.runs == 0 and not (tmp_path / "teacher.pt").exists()
     assert torch.equal(torch.rand(3), expected)  # no set_determinism: a run without teacher keeps its random stream
+
+
+@pytest.mark.integration
+def test_two_real_runs_that_need_the_same_teacher_train_it_once(tmp_path):
+    # two `monai.bundle run training` commands with their own outputs and one teacher folder (issue 31): the first
+    # trains the teacher under the lock, the second, started while it trains, waits and reuses the cache
+    import time
+
+    from test_bundle import bundle_command
+
+    shared = {"teacher_dir": tmp_path / "teachers", "dataset_dir": tmp_path / "data", "max_epochs": 1}
+    shared["teacher_train#settings#max_epochs"] = 12  # long enough for the second command to arrive meanwhile
+    procs, logs = [], []
+    for name in ("first", "second"):
+        own = {"ckpt_dir": tmp_path / name / "models", "output_dir": tmp_path / name / "eval"}
+        log = (tmp_path / f"{name}.log").open("w")
+        cmd = bundle_command("training", ["train.json"], tmp_path / name, {**shared, **own})
+        procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True))
+        logs.append(tmp_path / f"{name}.log")
+        if name == "first":  # the second starts once the first holds the lock and trains
+            deadline = time.monotonic() + 300
+            while "training the teacher first" not in logs[0].read_text():
+                assert procs[0].poll() is None and time.monotonic() < deadline, logs[0].read_text()[-3000:]
+                time.sleep(0.2)
+    for proc in procs:
+        proc.wait(timeout=600)
+    texts = [log.read_text() for log in logs]
+    assert [p.returncode for p in procs] == [0, 0], [t[-3000:] for t in texts]
+    assert "training the teacher first" in texts[0] and "training the teacher first" not in texts[1]
+    assert "cached while this one waited" in texts[1], texts[1][-3000:]
+    stages = list((tmp_path / "teachers").glob("stage_*"))
+    teachers = list((tmp_path / "teachers").glob("teacher_*.pt"))
+    assert len(stages) == 1 and len(teachers) == 1 and teachers[0].stem.split("_")[1] == stages[0].name.split("_")[1]
+    assert [p.name for p in stages[0].iterdir()] == ["teacher_best.pt"]  # one writer's files only
+    for name in ("first", "second"):
+        assert (tmp_path / name / "models" / "model_final.pt").is_file()
+        assert not (tmp_path / name / "models" / "teacher").exists(), "a run wrote into its own teacher folder"
