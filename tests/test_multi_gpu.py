@@ -169,6 +169,95 @@ def test_torchrun_lightvessel_3d_two_cpu_ranks(tmp_path):
     assert (root / "models" / "model.pt").is_file()
 
 
+def _descendants(pid: int) -> list[int]:
+    """The live descendants of ``pid``, read from /proc (children before grandchildren)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if fields[0] != "Z":
+                    parents[int(entry)] = int(fields[1])
+            except OSError:
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _torchrun_command(configs, overrides):
+    files = "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    cmd = [*TORCHRUN, str(_free_port()), "-m", "monai.bundle", "run", "training", "--config_file", files]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    return cmd
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_a_killed_torchrun_run_resumes_mid_epoch_to_the_uninterrupted_weights(tmp_path, spatial_dims):
+    """SIGKILL the whole process group of a 2-rank gloo run inside an epoch; the same command resumes on every rank.
+
+    8 training images of batch 1 on 2 ranks make 4 iterations per epoch and rank; a resume state is saved before
+    every 3rd batch, so the first one is inside the first epoch. The student and the critic end equal on both
+    ranks and equal to an uninterrupted distributed run's (ResumableDistributedSampler: each rank skips what it had
+    consumed of its own shard).
+    """
+    import signal
+    import time
+
+    parts = {"student": "@network", "critic": "@lightvessel#asd#loss.discriminator"}
+    data = [SYNTHETIC_3D] if spatial_dims == 3 else []
+    base = {**(TINY_3D if spatial_dims == 3 else TINY), "synthetic#num_train": 8, "synthetic#num_val": 2}
+    base.update({"batch_size": 1, "max_epochs": 2, "resume_every_n_iterations": 3, "progress_bar": "False"})
+    base["num_workers"] = 0  # augmentations in the main process: bit-exact (with workers, only order and position)
+    reference = tmp_path / "reference"
+    dump = _dump_overlay(tmp_path, parts)
+    configs = [CONFIGS / "train.json", *data, CONFIGS / "multi_gpu_train.json", dump]
+    _torchrun(configs, {**base, "bundle_root": reference, "dataset_dir": reference / "data"})
+    (teacher,) = (reference / "models" / "teacher").glob("teacher_*.pt")
+
+    root = tmp_path / "killed"
+    overrides = {**base, "bundle_root": root, "dataset_dir": reference / "data", "teacher_checkpoint": teacher}
+    command = _torchrun_command(configs, overrides)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    resume_dir = root / "models" / "resume"
+    deadline = time.monotonic() + 300
+    while not list(resume_dir.glob("student_*.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    # torchrun and both ranks, as a scheduler's kill would (the ranks run in sessions of their own: torch elastic
+    # starts them with start_new_session, so killing torchrun's process group alone leaves them training)
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while _descendants(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (state_file,) = resume_dir.glob("student_*.pt")
+    state = torch.load(state_file, weights_only=True)
+    iteration = state["trainer"]["iteration"]
+    assert iteration % 4 != 0, f"the kill came at iteration {iteration}, an epoch boundary, not inside an epoch"
+    assert int(state["sampler"]["consumed"]) == iteration % 4  # batch 1: one index per iteration and rank
+
+    command[command.index("--master_port") + 1] = str(_free_port())
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-5000:]
+    assert f"resumed from {state_file} at epoch 0, iteration {iteration}" in log
+    expected, _ = _rank_states(reference / "eval")
+    rank0, rank1 = _rank_states(root / "eval")
+    for part in parts:
+        _assert_same(rank0[part], rank1[part], part)
+        _assert_same(rank0[part], expected[part], f"{part} against the uninterrupted run")
+
+
 def test_the_overlay_outside_torchrun_is_a_one_line_error(tmp_path):
     files = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", files]

@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import DistributedSampler
 from torch.utils.data import Sampler
 
-__all__ = ["ResumableSampler", "pack_rng_state", "unpack_rng_state"]
+__all__ = ["ResumableDistributedSampler", "ResumableSampler", "pack_rng_state", "unpack_rng_state"]
 
 
 class ResumableSampler(Sampler[int]):
@@ -47,7 +48,39 @@ class ResumableSampler(Sampler[int]):
 
     def resume_from(self, state: Mapping[str, Any]) -> None:
         """Make the next epoch continue the stored one from its ``consumed`` position."""
+        if "order" not in state:
+            raise ValueError("the resume state holds a torchrun run's position, not a single-process epoch order")
         self._resume = ([int(i) for i in state["order"].tolist()], int(state["consumed"]))
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """MONAI's ``DistributedSampler``, resumable inside an epoch under ``torchrun``.
+
+    Each rank's shard of an epoch is a function of the sampler's seed and the epoch number alone (``set_epoch``,
+    which MONAI's workflows call at every epoch's start, seeds its own generator), so unlike
+    :class:`ResumableSampler` the resume state needs no order, only how many indices of the epoch were consumed:
+    rank 0 writes that number, every rank reads it and skips as many of its own shard. This class stays a
+    ``DistributedSampler``, so MONAI still calls ``set_epoch`` on it. The arguments are the parent's.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self._skip = self._skip, 0
+        yield from indices[skip:]
+
+    def state_dict(self, consumed: int) -> dict[str, Any]:
+        """The epoch and the number of this rank's indices already consumed (the same on every rank)."""
+        return {"epoch": torch.tensor(self.epoch), "consumed": torch.tensor(consumed), "distributed": torch.tensor(1)}
+
+    def resume_from(self, state: Mapping[str, Any]) -> None:
+        """Make the next epoch skip the ``consumed`` indices of this rank's shard."""
+        if "distributed" not in state:
+            raise ValueError("the resume state holds a single-process epoch order, not a torchrun run's position")
+        self._skip = int(state["consumed"])
 
 
 def pack_rng_state(state: tuple) -> dict[str, Any]:

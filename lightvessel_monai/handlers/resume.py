@@ -14,7 +14,12 @@ from ignite.engine import Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.transforms import Randomizable
 
-from lightvessel_monai.data.samplers import ResumableSampler, pack_rng_state, unpack_rng_state
+from lightvessel_monai.data.samplers import (
+    ResumableDistributedSampler,
+    ResumableSampler,
+    pack_rng_state,
+    unpack_rng_state,
+)
 from lightvessel_monai.distributed import is_rank0
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 from lightvessel_monai.utils import load_weights
@@ -218,12 +223,13 @@ def _enabled_scaler(engine: Engine) -> Any:
     return scaler if scaler is not None and scaler.is_enabled() else None
 
 
-def _resumable_sampler(engine: Engine) -> ResumableSampler:
+def _resumable_sampler(engine: Engine) -> ResumableSampler | ResumableDistributedSampler:
     sampler = getattr(engine.state.dataloader, "sampler", None)
-    if not isinstance(sampler, ResumableSampler):
+    if not isinstance(sampler, (ResumableSampler, ResumableDistributedSampler)):
         raise ConfigKeyError(
             "resume_every_n_iterations needs the training DataLoader's sampler to be a "
-            f"lightvessel_monai.data.samplers.ResumableSampler, not {type(sampler).__name__}"
+            "lightvessel_monai.data.samplers.ResumableSampler (or, under torchrun, ResumableDistributedSampler), "
+            f"not {type(sampler).__name__}"
         )
     return sampler
 
