@@ -1,7 +1,7 @@
 """Standardise an image by the statistics of the organ it holds, and keep the organ's mask (LVSD300's liver slabs).
 
 LVSD300's slabs are CT windowed to 8 bits and multiplied by the liver mask, so everything outside the liver is 0.
-The window differs between studies: the liver's mean grey is 58-81 in the training studies and 34-64 in the
+The window differs between studies: the liver's mean grey is 51-81 in the training slabs and 34-64 in the
 validation ones, while the vessels' contrast, in units of the liver's own spread, is 1.4-2.5 in both. A fixed
 rescale to [0, 1] hands the network the first difference; standardising inside the liver leaves only the second.
 MONAI's ``NormalizeIntensityd(nonzero=True)`` standardises the non-zero voxels but leaves the outside at 0, the
@@ -23,15 +23,10 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_tensor
 
+from lightvessel_monai.data.transforms import _name
 from lightvessel_monai.errors import DataError
 
 __all__ = ["StandardizeInsided", "standardize_inside"]
-
-
-def _name(data: Any) -> str:
-    meta = getattr(data, "meta", None) or {}
-    name = meta.get("filename_or_obj")
-    return f" {name}" if name else ""
 
 
 def standardize_inside(image: Any, threshold: float = 0.0, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,10 +77,8 @@ class StandardizeInsided(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        first = True
-        for key in self.key_iterator(d):
+        for index, key in enumerate(self.key_iterator(d)):
             d[key], mask = standardize_inside(d[key], self.threshold)
-            if first and self.mask_key is not None:
+            if index == 0 and self.mask_key is not None:
                 d[self.mask_key] = mask
-            first = False
         return d
