@@ -140,6 +140,26 @@ def _fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def run_keys(settings: Mapping[str, Any]) -> tuple[str, str]:
+    """The key of a stored run, and the key it had before comments left it (issue 29).
+
+    ``settings["method_config"]`` is the method overlays' content; their ``_comment*`` keys do not enter the key,
+    so editing a comment retrains nothing. A run stored under the old key, which hashed the comments too, is adopted
+    under the new one when that old key still matches (the overlay changed in no other way).
+    """
+    configs = settings.get("method_config", [])
+    return _fingerprint({**settings, "method_config": [without_comments(c) for c in configs]}), _fingerprint(settings)
+
+
+def without_comments(config: Any) -> Any:
+    """``config`` without its ``_comment*`` keys, at any depth: editing a comment changes no run key."""
+    if isinstance(config, dict):
+        return {k: without_comments(v) for k, v in config.items() if not str(k).startswith("_comment")}
+    if isinstance(config, list):
+        return [without_comments(v) for v in config]
+    return config
+
+
 def _atomic_json(path: Path, payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, default=str))
 
@@ -407,7 +427,7 @@ class Comparison:
             "max_epochs": self.max_epochs,
             "teacher": self.teacher_checkpoint,
         }
-        key = _fingerprint(settings)  # the targets are not part of it: they never change how a run trains
+        key, legacy_key = run_keys(settings)  # the targets are not part of it: they never change how a run trains
         overrides = {
             **self.overrides,
             **variant,
@@ -425,6 +445,10 @@ class Comparison:
         parser = build_parser(settings["configs"], overrides)
         result_file = run_dir / "result.json"
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        if result.get("fingerprint") == legacy_key != key:
+            logger.warning(f"{method} seed {seed}: adopting {result_file}, stored under the key that hashed comments")
+            result["fingerprint"] = key
+            _atomic_json(result_file, result)
         if result.get("fingerprint") == key and (not self.targets or (run_dir / "model.pt").is_file()):
             logger.info(f"{method} seed {seed}: finished before, reusing {result_file}")
         else:

@@ -40,6 +40,7 @@ class ComparisonState(Protocol):
     source_name: str
     targets: Sequence[Any]
 
+
 __all__ = ["ComparisonOutputs", "ComparisonState", "DicePanel", "dice_panels", "run_folder", "BASELINE", "CI_LEVEL"]
 
 BASELINE = "none"  # the method every other one is paired with

@@ -43,6 +43,7 @@ __all__ = [
     "get_world_size",
     "init_process_group",
     "is_distributed",
+    "is_not_rank0",
     "is_rank0",
     "local_device",
     "require_torchrun",
@@ -71,6 +72,11 @@ def get_world_size() -> int:
 def is_rank0() -> bool:
     """True in the process that writes files: rank 0, or the only process."""
     return get_rank() == 0
+
+
+def is_not_rank0() -> bool:
+    """True in a torchrun worker other than rank 0, also before its process group is up (``RANK`` is set then)."""
+    return int(os.environ.get("RANK", "0")) > 0 or get_rank() > 0
 
 
 def any_rank(flag: bool, device: torch.device | str | None = None) -> bool:

@@ -9,14 +9,13 @@ stores the output of each module on every forward pass, so that distillers can r
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.losses.terms import term_losses
 
 __all__ = ["FeatureTaps", "InputTap", "resolve_module", "check_taps", "tap_channels"]
 
@@ -39,14 +38,14 @@ def resolve_module(network: nn.Module, path: str, what: str = "tap") -> nn.Modul
 def check_taps(
     network: nn.Module | None,
     taps: Mapping[str, str] | None,
-    distillation: Mapping[str, Any] | None = None,
+    required: Mapping[str, Iterable[str]] | None = None,
     side: Literal["student", "teacher"] = "student",
 ) -> None:
     """Check before any training that every tap path exists and that the ``side`` taps every term needs are declared.
 
-    ``distillation`` is the bundle's ``{name: {"loss": ...}}`` mapping; a term's loss names what it reads in
-    ``required_student_taps`` / ``required_teacher_taps``. Errors are one line and name the config key
-    (``student_taps`` or ``teacher_taps``).
+    ``required`` is ``{term: taps it reads on this side}``, as
+    :meth:`~lightvessel_monai.losses.DistillationMethod.required_taps` gives it (the method's pre-flight calls this).
+    Errors are one line and name the config key (``student_taps`` or ``teacher_taps``).
     """
     if side not in ("student", "teacher"):
         raise ValueError(f"side must be 'student' or 'teacher', got {side!r}")
@@ -56,8 +55,8 @@ def check_taps(
     taps = dict(taps or {})
     for name, path in taps.items():
         resolve_module(network, path, what=f"{key} '{name}'")
-    for term, loss in term_losses(distillation).items():
-        for tap in getattr(loss, f"required_{side}_taps", ()):
+    for term, needed in (required or {}).items():
+        for tap in needed:
             if tap not in taps:
                 raise ConfigKeyError(f"distillation term '{term}' needs {key} '{tap}', declared: {sorted(taps)}")
 

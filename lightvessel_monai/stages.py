@@ -23,7 +23,7 @@ from torch import nn
 
 from lightvessel_monai.data.checks import count_outside
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
-from lightvessel_monai.features import check_taps
+from lightvessel_monai.losses.method import DistillationMethod
 from lightvessel_monai.utils import atomic_write, atomic_write_text, load_state_dict_checked, read_state_dict
 
 __all__ = [
@@ -108,6 +108,35 @@ def teacher_fingerprint(
 
 
 run_fingerprint = teacher_fingerprint  # the same key, computed for the student of a run
+
+
+def run_settings(
+    hyperparameters: Mapping[str, Any],
+    teacher: str | None,
+    method: DistillationMethod,
+    unlabeled: Sequence[Mapping] | None = None,
+    unlabeled_ratio: float = 1.0,
+    mixup: Sequence[Any] = (0.0, 1.0, "mixup"),
+) -> dict[str, Any]:
+    """The ``settings`` of a student's :func:`run_fingerprint`, in the order the hash has always read them.
+
+    Args:
+        hyperparameters: ``{"seed", "learning_rate", "batch_size", "samples_per_image", "patch_size"}``.
+        teacher: the teacher's fingerprint, or ``None`` for a method without a teacher.
+        method: its part is each term's configured weight (:meth:`DistillationMethod.fingerprint`).
+        unlabeled: the unlabelled datalist when the run uses it, else ``None``: each image's file name and zoom,
+            and ``unlabeled_ratio``, enter the hash (a run on other unlabelled images resumes nothing).
+        mixup: ``[mixup_prob, mixup_alpha, mixup_mode]``; nothing enters the hash while ``mixup_prob`` is 0, and the
+            mode only when it is not the default ``"mixup"`` (so the keys of runs before CutMix stay as they were).
+    """
+    settings = {**hyperparameters, "teacher": teacher, **method.fingerprint()}
+    if unlabeled is not None:
+        settings["unlabeled"] = [(os.path.basename(str(e["image"])), e.get("zoom", 1.0)) for e in unlabeled]
+        settings["unlabeled_ratio"] = unlabeled_ratio
+    prob, alpha, mode = mixup
+    if prob:
+        settings["mixup"] = [prob, alpha] + ([mode] if mode != "mixup" else [])
+    return settings
 
 
 def _entry_files(datalist: Sequence[Mapping] | None) -> list[str]:
@@ -315,7 +344,7 @@ class Preflight:
         dataset_dir: the configured data folder (entries outside it are counted, not refused).
         network, student_taps: the student and its taps.
         teacher, teacher_taps: the teacher and its taps.
-        distillation: the ``{name: {"loss", "weight", "handlers"}}`` mapping of the method.
+        method: the run's :class:`~lightvessel_monai.losses.DistillationMethod` (or its ``distillation`` mapping).
         teacher_checkpoint: the explicit ``teacher_checkpoint``, or ``None`` (the teacher stage trains or reuses one).
         use_teacher: ``False`` for a method without a teacher: its taps and checkpoint are not checked.
     """
@@ -328,7 +357,7 @@ class Preflight:
         student_taps: Mapping[str, str] | None = None,
         teacher: nn.Module | None = None,
         teacher_taps: Mapping[str, str] | None = None,
-        distillation: Mapping[str, Any] | None = None,
+        method: DistillationMethod | Mapping[str, Any] | None = None,
         teacher_checkpoint: str | None = None,
         use_teacher: bool = True,
     ) -> None:
@@ -338,7 +367,7 @@ class Preflight:
         self.student_taps = student_taps
         self.teacher = teacher
         self.teacher_taps = teacher_taps
-        self.distillation = distillation
+        self.method = DistillationMethod.of(method)
         self.teacher_checkpoint = teacher_checkpoint
         self.use_teacher = use_teacher
 
@@ -346,7 +375,7 @@ class Preflight:
         sizes = ", ".join(f"{len(entries)} {split}" for split, entries in self.datalists.items())
         logger.info(f"pre-flight: images per split: {sizes}")
         count_outside([entry for entries in self.datalists.values() for entry in entries], self.dataset_dir)
-        check_taps(self.network, self.student_taps, self.distillation, side="student")
-        check_taps(self.teacher, self.teacher_taps, self.distillation, side="teacher")
+        self.method.check_taps(self.network, self.student_taps, side="student")
+        self.method.check_taps(self.teacher, self.teacher_taps, side="teacher")
         if self.use_teacher and self.teacher is not None and self.teacher_checkpoint:
             load_teacher(self.teacher, self.teacher_checkpoint)

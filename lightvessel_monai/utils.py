@@ -29,7 +29,6 @@ __all__ = [
     "read_state_dict",
     "loss_terms",
     "find_bundle_root",
-    "training_state",
 ]
 
 
@@ -131,29 +130,6 @@ def find_bundle_root(default: str = ".") -> str:
     if (candidate / "configs" / "metadata.json").is_file():
         return str(candidate)
     return default
-
-
-def training_state(
-    network: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    distillation: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``save_dict`` of a resumable distillation run.
-
-    It holds the student, its optimiser, every term's loss module (adapters, side heads, critics, self-teachers)
-    and every term handler that has a ``state_dict`` (a critic's optimiser, a self-teacher's schedule).
-    """
-    from lightvessel_monai.losses.terms import parse_terms  # utils is imported by the losses
-
-    terms = parse_terms(distillation)
-    state: dict[str, Any] = {"network": network, "optimizer": optimizer}
-    if terms:
-        state["distillers"] = nn.ModuleDict({name: term.loss for name, term in terms.items()})
-    handlers = [h for term in terms.values() for h in term.handlers]
-    for index, handler in enumerate(handlers):
-        if callable(getattr(handler, "state_dict", None)) and callable(getattr(handler, "load_state_dict", None)):
-            state[f"handler_{index}_{type(handler).__name__}"] = handler
-    return state
 
 
 _TRUE = ("true", "True", "1", 1, True)

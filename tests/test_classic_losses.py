@@ -11,12 +11,13 @@ from monai.bundle import ConfigParser
 from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.features import FeatureTaps, check_taps
+from lightvessel_monai.features import FeatureTaps
 from lightvessel_monai.handlers import AdversarialUpdateHandler
 from lightvessel_monai.losses import (
     AttentionTransfer,
     ChannelWiseDistillation,
     DistillationInputs,
+    DistillationMethod,
     HolisticDistillation,
     KnowledgeDistillation,
     PairwiseDistillation,
@@ -367,8 +368,8 @@ def build_overlay(method: str, spatial_dims: int, tmp_path) -> tuple[ConfigParse
     network, teacher = parser.get_parsed_content("network"), parser.get_parsed_content("teacher")
     student_taps, teacher_taps = parser.get_parsed_content("student_taps"), parser.get_parsed_content("teacher_taps")
     terms = parse_terms(parser.get_parsed_content("distillation"))
-    check_taps(network, student_taps, parser.get_parsed_content("distillation"), side="student")
-    check_taps(teacher, teacher_taps, parser.get_parsed_content("distillation"), side="teacher")
+    DistillationMethod(parser.get_parsed_content("distillation")).check_taps(network, student_taps, side="student")
+    DistillationMethod(parser.get_parsed_content("distillation")).check_taps(teacher, teacher_taps, side="teacher")
     s_taps, t_taps = FeatureTaps(network, student_taps), FeatureTaps(teacher, teacher_taps)
     image = torch.randn(1, parser["in_channels"], *parser["patch_size"])
     label = (image > 0.5).float()

@@ -260,3 +260,38 @@ def test_an_overlay_that_extends_another_is_loaded_after_its_base(tmp_path):
     for name in ("d", "e"):
         with pytest.raises(ConfigKeyError, match="_extends_"):
             method_config(name, tmp_path)
+
+
+def test_a_comment_enters_no_run_key_and_an_old_key_is_recognised():
+    from lightvessel_monai.compare import run_keys
+
+    settings = {"configs": ["a.json"], "method_config": [{"_comment": "one", "kd_weight": 1.0}], "seed": 0}
+    edited = {**settings, "method_config": [{"_comment": "two", "kd_weight": 1.0, "x": {"_comment_y": "z"}}]}
+    changed = {**settings, "method_config": [{"_comment": "one", "kd_weight": 2.0}]}
+    key, legacy = run_keys(settings)
+    assert run_keys(edited)[0] != key  # "x": {} is a real key, even when it holds only a comment
+    assert run_keys({**edited, "method_config": [{"_comment": "two", "kd_weight": 1.0}]})[0] == key
+    assert run_keys(changed)[0] != key
+    # the legacy key is the one stored runs have: every setting and comment hashed
+    assert legacy != key
+    assert run_keys({**settings, "method_config": [{"_comment": "two", "kd_weight": 1.0}]})[1] != legacy
+
+
+def test_editing_a_method_comment_reuses_the_stored_run(tmp_path):
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(REPO / "bundle", root / "bundle")
+    shutil.copytree(REPO / "configs", root / "configs")
+    extra = ["--config_root", str(root)]
+    proc = run_compare(tmp_path, ["none"], extra=extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = tmp_path / "out" / "runs" / "none_seed0" / "result.json"
+    before = result.stat().st_mtime_ns
+    overlay = root / "configs" / "methods" / "none.json"
+    content = json.loads(overlay.read_text())
+    content["_comment"] = "edited"
+    overlay.write_text(json.dumps(content))
+    proc = run_compare(tmp_path, ["none"], extra=extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert result.stat().st_mtime_ns == before

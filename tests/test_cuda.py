@@ -33,7 +33,7 @@ def test_amp_steps_train_the_student_and_the_critic_on_the_gpu(spatial_dims):
     trainer.run()
     out = trainer.state.output
     assert trainer.scaler is not None and trainer.scaler.is_enabled()
-    handler = trainer._after_step_handlers[0]
+    handler = trainer.after_step_handlers[0]
     assert handler.scaler.is_enabled()
     assert next(disc.parameters()).device.type == "cuda" and next(student.parameters()).device.type == "cuda"
     for key in ("loss", "loss_seg", "loss_fsd", "loss_asd"):

@@ -11,11 +11,12 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from lightvessel_monai.engines import DistillationTrainer
-from lightvessel_monai.features import FeatureTaps, check_taps, tap_channels
+from lightvessel_monai.features import FeatureTaps, tap_channels
 from lightvessel_monai.handlers import SelfTeacherHandler, make_self_teacher
 from lightvessel_monai.losses import (
     DeepDistributionLoss,
     DistillationInputs,
+    DistillationMethod,
     PixelwiseSelfDistillation,
     parse_terms,
     patch_distribution,
@@ -278,10 +279,10 @@ def test_overlays_parse_and_run_each_distiller_once(tmp_path, data, method, patc
     assert distillers["dskd_ddl"].side_heads.taps == levels
 
     student_taps = parser.get_parsed_content("student_taps")
-    check_taps(network, student_taps, distillation, side="student")
+    DistillationMethod(distillation).check_taps(network, student_taps, side="student")
     if use_teacher:
         teacher, teacher_taps = parser.get_parsed_content("teacher"), parser.get_parsed_content("teacher_taps")
-        check_taps(teacher, teacher_taps, distillation, side="teacher")
+        DistillationMethod(distillation).check_taps(teacher, teacher_taps, side="teacher")
     handlers = [h for term in parse_terms(distillation).values() for h in term.handlers]
     assert len(handlers) == 1 and isinstance(handlers[0], SelfTeacherHandler)
     assert distillation["dskd_psdl"]["handlers"] == handlers
@@ -361,7 +362,6 @@ def test_trainer_run_updates_the_self_teacher_and_logs_each_term():
 
 def test_bundle_resume_checkpoint_continues_the_same_self_teacher(tmp_path):
     from lightvessel_monai.handlers import ResumeCheckpoint
-    from lightvessel_monai.utils import training_state
 
     def build():
         student = Tiny()
@@ -370,7 +370,7 @@ def test_bundle_resume_checkpoint_continues_the_same_self_teacher(tmp_path):
         psdl = PixelwiseSelfDistillation(self_teacher)
         optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
         terms = {"dskd_psdl": {"loss": psdl, "handlers": [handler]}}
-        resume = ResumeCheckpoint(str(tmp_path), training_state(student, optimizer, terms))
+        resume = ResumeCheckpoint(str(tmp_path), DistillationMethod(terms).training_state(student, optimizer))
         return student, self_teacher, handler, resume
 
     student, self_teacher, handler, resume = build()

@@ -2,6 +2,7 @@
 
 import gc
 import math
+import weakref
 
 import pytest
 import torch
@@ -218,10 +219,12 @@ def test_header_exchange_decodes_each_vector_into_the_other_models_decoder(dims)
     assert not torch.allclose(student_cross, inputs.student_pred)
     # computed once per step: every term of the iteration reads the same vectors
     assert semantics.compute(inputs) is vectors
-    # and dropped with the step's inputs, so the student's graph is not kept into the next iteration
+    # kept in the step's inputs only (inputs.shared), so they and the student's graph go with the step
+    assert inputs.shared[semantics] is vectors
+    student_vector = weakref.ref(vectors.student)
     del inputs, vectors, student_cross, teacher_cross
     gc.collect()
-    assert semantics._cache is None
+    assert student_vector() is None
 
 
 def test_views_change_intensities_and_are_reproducible():

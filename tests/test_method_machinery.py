@@ -10,8 +10,7 @@ from torch import nn
 from lightvessel_monai.evaluation import count_flops, evaluate_cases, mean_over_cases, summarise
 from lightvessel_monai.features import tap_channels
 from lightvessel_monai.figures import error_overlay
-from lightvessel_monai.losses import ChannelWiseDistillation, Distiller, student_parameters
-from lightvessel_monai.utils import training_state
+from lightvessel_monai.losses import ChannelWiseDistillation, DistillationMethod, Distiller, student_parameters
 
 from conftest import tiny_unet
 
@@ -71,12 +70,12 @@ def test_training_state_holds_distillers_and_stateful_handlers():
     cwd = ChannelWiseDistillation(pairs=["dec1"], student_channels={"dec1": 4}, teacher_channels={"dec1": 6})
     terms = {"cwd": {"loss": cwd, "handlers": [Stateful()]}, "kd": {"loss": nn.Identity(), "handlers": [Attachable()]}}
     opt = torch.optim.SGD(student_parameters(net, terms), lr=0.1)
-    state = training_state(net, opt, terms)
+    state = DistillationMethod(terms).training_state(net, opt)
     assert state["network"] is net and state["optimizer"] is opt
     assert set(state) == {"network", "optimizer", "distillers", "handler_0_Stateful"}
     saved = state["distillers"].state_dict()
     assert any(key.startswith("cwd.") for key in saved)  # the adapter is saved for resume
-    assert training_state(net, opt) == {"network": net, "optimizer": opt}
+    assert DistillationMethod().training_state(net, opt) == {"network": net, "optimizer": opt}
 
 
 def test_count_flops_of_a_convolution_matches_the_hand_count():

@@ -35,7 +35,7 @@ def test_method_overlay_runs_through_the_command_line(method, shared_root, tmp_p
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), *overlays])
     distillation = parser["distillation"]
-    if isinstance(distillation, str):  # lightvessel selects the bundle's default: "@lightvessel"
+    if isinstance(distillation, str):  # an overlay that selects another mapping by reference
         distillation = parser[distillation.lstrip("@")]
     terms = sorted(distillation)
     uses_teacher = parser.get_parsed_content("use_teacher")
@@ -59,3 +59,22 @@ def test_method_overlay_runs_through_the_command_line(method, shared_root, tmp_p
     assert ("teacher" in (run / "eval" / "report.csv").read_text()) == bool(uses_teacher)
     state = torch.load(run / "models" / "model.pt", weights_only=True)
     assert state.keys() == parser.get_parsed_content("network").state_dict().keys()  # the plain student
+
+
+def test_a_composed_overlay_alone_stops_with_one_line_naming_its_base(tmp_path):
+    """dskd_kd.json adds KD to dskd.json's terms with MONAI's '+distillation' merge; listed alone it would add KD
+    to the default method (LightVessel) and train something else than its name says, so it stops first."""
+    run = tmp_path / "run"
+    proc = run_bundle(
+        "training",
+        ["train.json", str(REPO / "configs" / "methods" / "dskd_kd.json")],
+        tmp_path,
+        extra={"ckpt_dir": str(run / "models"), "output_dir": str(run / "eval")},
+        check=False,
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lightvessel_monai error")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert "configs/methods/dskd.json" in errors[0] and "dskd_ddl" in errors[0] and "fsd, asd, dskd_kd" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (run / "models").exists() or not any((run / "models").rglob("*.pt"))

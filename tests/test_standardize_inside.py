@@ -55,8 +55,14 @@ def test_background_centres_fall_inside_the_organ(spatial_dims):
     assert len(naive["label_bg_indices"]) < 0.9 * len(bg)
     patch = (6, 6) if spatial_dims == 2 else (4, 4, 4)
     crop = RandCropByPosNegLabeld(
-        ["image", "label"], "label", patch, pos=0, neg=1, num_samples=20,
-        fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices",
+        ["image", "label"],
+        "label",
+        patch,
+        pos=0,
+        neg=1,
+        num_samples=20,
+        fg_indices_key="label_fg_indices",
+        bg_indices_key="label_bg_indices",
     )
     crop.set_random_state(seed=0)
     outside_level = float(item["image"].min())

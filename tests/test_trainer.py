@@ -8,11 +8,12 @@ from monai.losses import DiceCELoss
 
 from lightvessel_monai.engines import DistillationTrainer
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.features import FeatureTaps, check_taps
+from lightvessel_monai.features import FeatureTaps
 from lightvessel_monai.handlers import AdversarialUpdateHandler, ResumeCheckpoint
 from lightvessel_monai.losses import (
     AdversarialSimilarityDistillation,
     DistillationInputs,
+    DistillationMethod,
     FeatureSimilarityDistillation,
     parse_terms,
 )
@@ -182,12 +183,16 @@ def test_taps_are_checked_against_each_term():
     fsd = FeatureSimilarityDistillation([["enc1", "dec1"], ["enc2", "dec2"]])
     terms = {"fsd": {"loss": fsd}}
     with pytest.raises(ConfigKeyError, match="'down_9' does not exist"):
-        check_taps(student, {**TAPS, "enc2": "down_9"}, terms, side="student")
+        DistillationMethod(terms).check_taps(student, {**TAPS, "enc2": "down_9"}, side="student")
     with pytest.raises(ConfigKeyError, match="term 'fsd' needs student_taps 'enc2'"):
-        check_taps(student, {"enc1": "conv_0", "dec1": "upcat_1", "dec2": "upcat_2"}, terms, side="student")
+        DistillationMethod(terms).check_taps(
+            student, {"enc1": "conv_0", "dec1": "upcat_1", "dec2": "upcat_2"}, side="student"
+        )
     with pytest.raises(ConfigKeyError, match="term 'fsd' needs teacher_taps 'dec2'"):
-        check_taps(teacher, {"enc1": "conv_0", "dec1": "upcat_1", "enc2": "down_1"}, terms, side="teacher")
-    check_taps(teacher, TAPS, terms, side="teacher")
+        DistillationMethod(terms).check_taps(
+            teacher, {"enc1": "conv_0", "dec1": "upcat_1", "enc2": "down_1"}, side="teacher"
+        )
+    DistillationMethod(terms).check_taps(teacher, TAPS, side="teacher")
 
 
 class Killed(Exception):

@@ -26,7 +26,7 @@ from lightvessel_monai.data._formats import ITK_2D_SUFFIXES, FileInfo, read_imag
 from lightvessel_monai.data._unreadable import Unreadable, one_line
 from lightvessel_monai.errors import ConfigKeyError, DataError
 
-__all__ = ["load_datalist", "check_datalist", "count_outside"]
+__all__ = ["load_datalist", "check_datalist", "checked_split", "count_outside"]
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +307,13 @@ def check_datalist(
                         f"{image_channels} are expected (image_channels, which defaults to in_channels)"
                     )
     return datalist
+
+
+def checked_split(datalist_file: str, split: str, **kwargs: Any) -> list[dict]:
+    """One split (``"training"``, ``"validation"``) of an MSD-style datalist, read and checked:
+    :func:`check_datalist` of :func:`load_datalist`, with ``datalist_file`` named in the errors; ``kwargs`` go to
+    :func:`check_datalist`."""
+    return check_datalist(load_datalist(datalist_file, split), source=datalist_file, **kwargs)
 
 
 def count_outside(datalist: Sequence[dict], folder: str | os.PathLike, keys: Sequence[str] = ("image", "label")) -> int:

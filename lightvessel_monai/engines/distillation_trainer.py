@@ -15,8 +15,10 @@ from torch import nn
 from lightvessel_monai.data.unlabeled import labelled_samples
 from lightvessel_monai.distributed import average_gradients, broadcast_tensors, is_distributed, unwrap
 from lightvessel_monai.features import FeatureTaps, InputTap
+from lightvessel_monai.handlers.library_internals import iteration_output
 from lightvessel_monai.losses.base import DistillationInputs
-from lightvessel_monai.losses.terms import DistillationTerm, parse_terms
+from lightvessel_monai.losses.method import DistillationMethod
+from lightvessel_monai.losses.terms import DistillationTerm
 from lightvessel_monai.utils import check_positive_ints
 
 __all__ = ["DistillationTrainer", "stand_in_label"]
@@ -46,8 +48,9 @@ class DistillationTrainer(SupervisedTrainer):
     feature taps of both networks and evaluates each term on a
     :class:`~lightvessel_monai.losses.base.DistillationInputs`.
 
-    The terms come from one ``distillation`` mapping, ``{name: {"loss": ..., "weight": ..., "handlers": [...]}}``
-    (see :mod:`lightvessel_monai.losses.terms`). The trainer attaches every term's handlers itself, before
+    The terms come from one :class:`~lightvessel_monai.losses.DistillationMethod` (or the ``distillation``
+    mapping it is built from, ``{name: {"loss": ..., "weight": ..., "handlers": [...]}}``). The trainer attaches
+    every term's handlers itself, before
     ``train_handlers``, so that a term's state (a critic, a self-teacher) is updated before a checkpoint handler
     saves it. A handler that needs the step's tensors (the critic update of ASD and SKD) defines
     ``after_step(engine, inputs)``: the trainer calls it once per iteration, after the student's optimiser step
@@ -71,8 +74,9 @@ class DistillationTrainer(SupervisedTrainer):
         loss_function: the segmentation loss ``(pred, label) -> scalar`` (e.g. ``DiceCELoss``).
         teacher: the trained teacher network, or ``None`` for teacher-free (self-)distillation.
         teacher_taps, student_taps: ``{tap_name: module_path}`` read with forward hooks.
-        distillation: ``{name: {"loss": Distiller, "weight": float, "handlers": [...]}}``; ``None`` or ``{}``
-            trains on the segmentation loss alone.
+        distillation: the :class:`~lightvessel_monai.losses.DistillationMethod`, or its
+            ``{name: {"loss": Distiller, "weight": float, "handlers": [...]}}`` mapping; ``None`` or ``{}`` trains
+            on the segmentation loss alone.
         term_grad_interval: every this many iterations, measure how hard each term pulls on the student: the L2
             norm of the gradient of ``w_k * term_k`` (and of the segmentation loss) with respect to the student's
             parameters, one ``torch.autograd.grad`` per term on the retained graph. The values go to
@@ -94,7 +98,7 @@ class DistillationTrainer(SupervisedTrainer):
         teacher: nn.Module | None = None,
         teacher_taps: Mapping[str, str] | None = None,
         student_taps: Mapping[str, str] | None = None,
-        distillation: Mapping[str, Any] | None = None,
+        distillation: DistillationMethod | Mapping[str, Any] | None = None,
         decollate: bool = False,
         train_handlers: Sequence | None = None,
         term_grad_interval: int = 0,
@@ -104,7 +108,8 @@ class DistillationTrainer(SupervisedTrainer):
         self.term_grad_interval = term_grad_interval
         self.term_grad_norms: list[dict[str, float]] = []
         self.seg_loss = loss_function
-        self.terms: dict[str, DistillationTerm] = parse_terms(distillation)
+        self.method = DistillationMethod.of(distillation)
+        self.terms: dict[str, DistillationTerm] = self.method.terms
         self.teacher = teacher
         if teacher is not None:
             teacher.to(device)
@@ -119,8 +124,8 @@ class DistillationTrainer(SupervisedTrainer):
         # without relying on where SupervisedTrainer keeps the batch.
         self.student_input = InputTap(unwrap(network))
         self._step_inputs: DistillationInputs | None = None
-        term_handlers = [h for term in self.terms.values() for h in term.handlers]
-        self._after_step_handlers = [h for h in term_handlers if callable(getattr(h, "after_step", None))]
+        term_handlers = self.method.handlers
+        self._after_step_handlers = tuple(h for h in term_handlers if callable(getattr(h, "after_step", None)))
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -154,9 +159,14 @@ class DistillationTrainer(SupervisedTrainer):
         average_gradients(self._hand_synced)
 
     @property
+    def after_step_handlers(self) -> tuple[Any, ...]:
+        """The term handlers called with each step's detached inputs after the optimiser step (the critic updates)."""
+        return self._after_step_handlers
+
+    @property
     def distillers(self) -> dict[str, nn.Module]:
         """``{name: loss module}`` of the terms."""
-        return {name: term.loss for name, term in self.terms.items()}
+        return self.method.losses
 
     def _distillation_loss(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """The student's loss; SupervisedTrainer calls it with the student's prediction, after the forward."""
@@ -187,7 +197,7 @@ class DistillationTrainer(SupervisedTrainer):
             logged[f"loss_{name}"] = value.detach()
             weighted[name] = term.weight * value
             total = total + weighted[name]
-        output = self.state.output
+        output = iteration_output(self)
         output.update(logged)
         if self.term_grad_interval and self.state.iteration % self.term_grad_interval == 0:
             norms = self._term_gradient_norms(weighted)

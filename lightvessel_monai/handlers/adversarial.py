@@ -67,7 +67,7 @@ class AdversarialUpdateHandler:
     def attach(self, engine: Engine) -> None:
         if self._engine is not None:
             raise ConfigKeyError(f"{type(self).__name__} is attached twice: list it once, in its term's 'handlers'")
-        if self not in getattr(engine, "_after_step_handlers", ()):
+        if self not in getattr(engine, "after_step_handlers", ()):
             raise ConfigKeyError(
                 f"{type(self).__name__} belongs in its term's 'handlers' (distillation#<term>#handlers) of a "
                 "DistillationTrainer, which hands it each step's predictions; it was attached some other way"

@@ -22,6 +22,7 @@ from lightvessel_monai.data.samplers import (
 )
 from lightvessel_monai.distributed import is_rank0
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
+from lightvessel_monai.handlers.library_internals import key_metric_entries
 from lightvessel_monai.utils import load_weights
 
 if TYPE_CHECKING:
@@ -241,17 +242,14 @@ class BestCheckpointState:
     a new process starts with none, so after a resume the first validation, however poor, would replace
     ``models/model.pt``. Put this in the resume ``save_dict`` and the resumed saver compares against the best score
     of the killed run. MONAI's saver offers ``load_state_dict`` but no ``state_dict``; the latter reads its key-metric
-    ``Checkpoint`` directly.
+    ``Checkpoint`` (:func:`~lightvessel_monai.handlers.library_internals.key_metric_entries`).
     """
 
     def __init__(self, saver: Any) -> None:
         self.saver = saver
 
     def state_dict(self) -> dict[str, Any]:
-        checkpoint = getattr(self.saver, "_key_metric_checkpoint", None)
-        saved = checkpoint.state_dict()["_saved"] if checkpoint is not None else []
-        # plain floats and strings: the resume file is read back with weights_only=True
-        return {"_saved": [(float(priority), str(name)) for priority, name in saved]}
+        return {"_saved": key_metric_entries(self.saver)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.saver.load_state_dict(dict(state))

@@ -138,7 +138,14 @@ class SelfTeacherHandler:
 
     @torch.no_grad()
     def ema_update(self, engine: Engine | None = None) -> None:
-        """One EMA step of the parameters; buffers are copied."""
+        """One EMA step of the parameters; buffers are copied.
+
+        Why not ignite's ``EMAHandler`` (checked against ignite 0.5): it builds its own copy of the model, which
+        the PSDL term would have to reach through the handler instead of being given it in config; it has no
+        ``state_dict``, so a resumed run would restart its average; and it updates with ``mul_(1 - m).add_(s, m)``
+        where this uses ``lerp_``, which rounds differently, so every stored DSKD result would change for the same
+        seed. The update is one line either way.
+        """
         teacher = dict(self.self_teacher.named_parameters())
         for name, p in self.network.named_parameters():
             t = teacher[name]

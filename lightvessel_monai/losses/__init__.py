@@ -30,9 +30,10 @@ from lightvessel_monai.losses.gkd import (
     graph_edges,
 )
 from lightvessel_monai.losses.kd import KnowledgeDistillation
+from lightvessel_monai.losses.method import DistillationMethod, student_parameters
 from lightvessel_monai.losses.pseudo_label import PseudoLabelLoss
 from lightvessel_monai.losses.skd import HolisticDistillation, PairwiseDistillation
-from lightvessel_monai.losses.terms import DistillationTerm, parse_terms, student_parameters, term_losses
+from lightvessel_monai.losses.terms import DistillationTerm, parse_terms
 
 __all__ = [
     "AlignmentConsistencyLoss",
@@ -47,6 +48,7 @@ __all__ = [
     "ChannelWiseDistillation",
     "DeepDistributionLoss",
     "DistillationInputs",
+    "DistillationMethod",
     "DistillationTerm",
     "Distiller",
     "FeatureSimilarityDistillation",
@@ -73,5 +75,4 @@ __all__ = [
     "region_affinity",
     "region_affinity_loss",
     "student_parameters",
-    "term_losses",
 ]

@@ -27,6 +27,8 @@ class DistillationInputs:
         labelled: ``(B,)`` booleans, which samples carry an annotation; ``None`` when all do. Where a sample has
             none (an unlabelled image, a mixed input), ``label`` holds the teacher's prediction (its argmax), or the
             student's own when there is no teacher: a term that reads ``label`` uses that stand-in there.
+        shared: values that several terms of one step compute once and share (GKD's semantic vectors), keyed by
+            their producer. It is made for each step and dropped with it, so nothing (nor a graph) outlives the step.
     """
 
     image: torch.Tensor
@@ -37,6 +39,7 @@ class DistillationInputs:
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
     iteration: int = 0
     labelled: torch.Tensor | None = None
+    shared: dict[object, object] = field(default_factory=dict)
 
     def detached(self) -> DistillationInputs:
         """The same tensors without their autograd graphs, for handlers that run after the student's step."""
@@ -53,7 +56,7 @@ class DistillationInputs:
             teacher_features={k: v.detach() for k, v in self.teacher_features.items()},
             iteration=self.iteration,
             labelled=self.labelled,
-        )
+        )  # without ``shared``: its values hold the step's graph
 
 
 class Distiller(nn.Module):

@@ -36,7 +36,6 @@ vectors are ``(B, D)``.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -270,9 +269,6 @@ class GKDSemantics(nn.Module):
         self.num_classes = int(num_classes)
         self.views = int(views)
         self.augmentation = augmentation if augmentation is not None else default_views(seed)
-        # weakly keyed by the step's inputs: the vectors (and the student's graph they hold) go when the step's
-        # inputs go, not one iteration later
-        self._cache: tuple[weakref.ref, SemanticVectors] | None = None
 
     # -- the pieces, per model ------------------------------------------------------------------------------
 
@@ -318,9 +314,11 @@ class GKDSemantics(nn.Module):
     # -- one iteration ------------------------------------------------------------------------------------------
 
     def compute(self, inputs: DistillationInputs) -> SemanticVectors:
-        """Anchors from the trainer's taps, views from extra forward passes; cached for the iteration's terms."""
-        if self._cache is not None and self._cache[0]() is inputs:
-            return self._cache[1]
+        """Anchors from the trainer's taps, views from extra forward passes; computed once per step and shared by
+        the step's GKD terms through ``inputs.shared`` (so the vectors, and the graph they hold, go with the step)."""
+        cached = inputs.shared.get(self)
+        if cached is not None:
+            return cached
         student_bottleneck = tap_feature(inputs.student_features, self.tap, "student", "GKD")
         teacher_bottleneck = tap_feature(inputs.teacher_features, self.tap, "teacher", "GKD")
         views = self.augment(inputs.image)
@@ -329,16 +327,8 @@ class GKDSemantics(nn.Module):
             teacher = self.teacher_header.encode(teacher_bottleneck.detach())
             teacher_views = self.encode_views("teacher", inputs.image, views)
         vectors = SemanticVectors(self.student_header.encode(student_bottleneck), teacher, student_views, teacher_views)
-        self._cache = (weakref.ref(inputs), vectors)
-        weakref.finalize(inputs, self._drop_dead)
+        inputs.shared[self] = vectors
         return vectors
-
-    def forget(self) -> None:
-        self._cache = None
-
-    def _drop_dead(self) -> None:
-        if self._cache is not None and self._cache[0]() is None:
-            self._cache = None
 
 
 class _GKDTerm(Distiller):

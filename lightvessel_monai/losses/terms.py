@@ -11,12 +11,13 @@ Every method overlay (and the bundle's default, LightVessel) writes its terms in
 :class:`~lightvessel_monai.losses.base.DistillationInputs`), ``weight`` its factor in the student's loss (default 1)
 and ``handlers`` the ignite handlers that keep its state (a critic's update, a self-teacher). The
 :class:`~lightvessel_monai.engines.DistillationTrainer` attaches those handlers itself, once; nothing else lists them.
+The mapping is parsed once, by :class:`~lightvessel_monai.losses.method.DistillationMethod`, which the rest takes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
 
-__all__ = ["DistillationTerm", "TERM_KEYS", "parse_terms", "term_losses", "term_handlers", "student_parameters"]
+__all__ = ["DistillationTerm", "TERM_KEYS", "parse_terms"]
 
 TERM_KEYS = ("loss", "weight", "handlers")
 
@@ -87,35 +88,3 @@ def parse_terms(distillation: Mapping[str, Any] | None, key: str = "distillation
             seen_handlers[id(handler)] = where
         terms[str(name)] = DistillationTerm(str(name), loss, float(weight), list(handlers))
     return terms
-
-
-def term_losses(distillation: Mapping[str, Any] | None) -> dict[str, nn.Module]:
-    """``{name: loss module}`` of a ``distillation`` mapping (checked as :func:`parse_terms` does)."""
-    return {name: term.loss for name, term in parse_terms(distillation).items()}
-
-
-def term_handlers(distillation: Mapping[str, Any] | None) -> list[Any]:
-    """Every term's handlers, in term order."""
-    return [h for term in parse_terms(distillation).values() for h in term.handlers]
-
-
-def _trainable(module: nn.Module) -> Iterator[nn.Parameter]:
-    get = getattr(module, "trainable_parameters", None)
-    yield from (get() if callable(get) else (p for p in module.parameters() if p.requires_grad))
-
-
-def student_parameters(network: nn.Module, distillation: Mapping[str, Any] | None = None) -> list[nn.Parameter]:
-    """The student's parameters followed by the trainable parameters of every term's loss, without duplicates.
-
-    Use it as the ``params`` of the student optimiser, so that adapters and side heads learn with the student;
-    a critic or a self-teacher (a distiller's ``external_modules``) is left to its handler.
-    """
-    params: list[nn.Parameter] = []
-    seen: set[int] = set()
-    groups = [network.parameters(), *(_trainable(loss) for loss in term_losses(distillation).values())]
-    for group in groups:
-        for p in group:
-            if id(p) not in seen:
-                seen.add(id(p))
-                params.append(p)
-    return params
