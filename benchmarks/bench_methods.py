@@ -69,6 +69,7 @@ def build_trainer(spec: str, data: str | None, batches: list[dict], root: str):
         teacher_taps=parser.get_parsed_content("teacher_taps"),
         student_taps=parser.get_parsed_content("student_taps"),
         distillation=parser.get_parsed_content("distillation"),
+        teacher_precision=parser.get_parsed_content("teacher_precision"),
     )
     for name in ("monai.handlers.StatsHandler", trainer.logger.name):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -14,8 +14,12 @@ data overlay's ``eval_mask_key`` (the DRIVE field of view) when set.
 
 Outputs, all under ``--output_dir``: ``results.md`` and ``results.csv`` (mean ± std over seeds, with parameters,
 FLOPs and CPU latency), ``runs.csv`` (one row per run), ``dice.png`` (bar chart), ``overlays/case_<i>.png``, and per
-run ``runs/<method>_seed<k>/`` with ``model.pt`` and ``result.json``. A run whose ``result.json`` matches the
-requested settings is not repeated, so an interrupted comparison resumes where it stopped.
+run ``runs/<method>_seed<k>/`` with ``result.json`` and the bundle's own outputs (``models/model_final.pt``, the
+final weights that are scored; ``models/model.pt``; ``eval/report.md``). Each run is the bundle's own plan, as
+``python -m monai.bundle run`` runs it (MONAI's ``ConfigWorkflow``: ``initialize``, ``run``, ``finalize``), with the
+comparison's overrides; so a run here and the same command line give the same weights. A run whose ``result.json``
+matches the requested settings is not repeated, so an interrupted comparison resumes where it stopped. (Runs
+stored before this layout kept the weights in ``runs/<method>_seed<k>/model.pt``; they are still read there.)
 
 A method may carry its own config overrides, ``<name>+KEY=JSON+KEY=JSON``, to compare variants of one method side by
 side with the same ``none`` runs, e.g. ``--methods "none,lightvessel,lightvessel+asd_weight=0.001"``; such a run is
@@ -53,7 +57,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import merge_kv
 
 from lightvessel_monai.compare_outputs import ComparisonOutputs, run_folder
@@ -63,7 +67,6 @@ from lightvessel_monai.evaluation import count_flops, cpu_latency_ms, evaluate_c
 from lightvessel_monai.networks import count_parameters
 from lightvessel_monai.resources import data_overlay, methods_dir, train_config
 from lightvessel_monai.utils import (
-    atomic_write,
     atomic_write_text,
     find_bundle_root,
 )
@@ -126,6 +129,26 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+class _WarningsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+def bundle_workflow(
+    configs: Sequence[str | os.PathLike], overrides: Mapping[str, Any], quiet: bool = True
+) -> ConfigWorkflow:
+    """The MONAI ``ConfigWorkflow`` that ``python -m monai.bundle run`` builds for ``configs`` and ``overrides``
+    (``initialize``, ``run``, ``finalize``), leaving this process's logging set-up as it is."""
+    workflow_logger = logging.getLogger("monai.bundle.workflows")
+    level = workflow_logger.level
+    if quiet:  # its notes on the overlays' folders and the skipped logging file, once per run
+        workflow_logger.setLevel(logging.ERROR)
+    try:
+        return ConfigWorkflow(config_file=[str(c) for c in configs], logging_file=False, **dict(overrides))
+    finally:
+        workflow_logger.setLevel(level)
 
 
 def build_parser(configs: Sequence[str | os.PathLike], overrides: Mapping[str, Any]) -> ConfigParser:
@@ -296,6 +319,14 @@ class TargetData:
         return result
 
 
+def final_weights(run_dir: Path) -> Path:
+    """The scored weights of a run: the bundle's ``models/model_final.pt``, or a run stored before compare ran the
+    bundle's plan, ``model.pt`` beside its ``result.json``."""
+    bundle_file = run_dir / "models" / "model_final.pt"
+    legacy = run_dir / "model.pt"
+    return legacy if legacy.is_file() and not bundle_file.is_file() else bundle_file
+
+
 def _load_weights(network: torch.nn.Module, model_file: Path) -> torch.nn.Module:
     network.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
     return network
@@ -436,47 +467,55 @@ class Comparison:
             "max_epochs": self.max_epochs,
             "val_interval": NEVER_STEP,
             "progress_bar": False,
+            "latency_repeats": self.latency_repeats,  # the bundle's report times the networks too
             "ckpt_dir": str(run_dir / "models"),
             # the shared teacher's folder: what a stage caches beside the teacher (GKD's ACT headers) is shared too
             "teacher_dir": str(Path(self.teacher_checkpoint).parent),
             "resume_dir": str(run_dir / "resume"),
             "output_dir": str(run_dir / "eval"),
         }
-        parser = build_parser(settings["configs"], overrides)
         result_file = run_dir / "result.json"
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
         if result.get("fingerprint") == legacy_key != key:
             logger.warning(f"{method} seed {seed}: adopting {result_file}, stored under the key that hashed comments")
             result["fingerprint"] = key
             _atomic_json(result_file, result)
-        if result.get("fingerprint") == key and (not self.targets or (run_dir / "model.pt").is_file()):
+        if result.get("fingerprint") == key and (not self.targets or final_weights(run_dir).is_file()):
             logger.info(f"{method} seed {seed}: finished before, reusing {result_file}")
         else:
-            result = self._train(parser, method, seed, key, run_dir)
+            result = self._train(settings["configs"], overrides, method, seed, key, run_dir)
         if self.targets:  # the weights the source metrics were measured on, on every target image
-            model_file = run_dir / "model.pt"
+            model_file = final_weights(run_dir)
+            parser = build_parser(settings["configs"], overrides)
             result["targets"] = self._evaluate_targets(
                 lambda: _load_weights(parser.get_parsed_content("network"), model_file), model_file, run_dir
             )
         return result
 
-    def _train(self, parser: ConfigParser, method: str, seed: int, key: str, run_dir: Path) -> dict[str, Any]:
-        """Train one student from its parser, save ``model.pt``, evaluate it and write ``result.json``."""
+    def _train(
+        self, configs: Sequence[str], overrides: Mapping[str, Any], method: str, seed: int, key: str, run_dir: Path
+    ) -> dict[str, Any]:
+        """One run through the bundle's own plan, then its final weights scored; writes ``result.json``."""
         start = time.perf_counter()
-        parser.get_parsed_content("initialize")
-        if parser.get("prepare") is not None:  # the stages the method needs first: the teacher, a method's own
-            parser.get_parsed_content("prepare")
-        else:
-            parser.get_parsed_content("teacher_stage").ensure()  # loads the shared teacher; nothing without one
-        trainer = parser.get_parsed_content("train#trainer")
-        if not self.verbose:  # one line per run instead of one per iteration
-            for name in ("monai.handlers.StatsHandler", trainer.logger.name):
-                logging.getLogger(name).setLevel(logging.WARNING)
-        trainer.run()
+        workflow = bundle_workflow(configs, overrides, quiet=not self.verbose)
+        workflow.initialize()
+        parser = workflow.parser
+        trainer = parser.get_parsed_content("train#trainer")  # the instance the plan's "run" uses (resolved once)
+        # one line per run instead of one per iteration; a filter, not a level: MONAI's StatsHandler resets its
+        # logger to INFO whenever one is built, and the plan builds some while it runs
+        quiet = _WarningsOnly() if not self.verbose else None
+        loggers = [logging.getLogger(name) for name in ("monai.handlers.StatsHandler", trainer.logger.name)]
+        for log in loggers if quiet else []:
+            log.addFilter(quiet)
+        try:
+            workflow.run()
+            workflow.finalize()
+        finally:
+            for log in loggers if quiet else []:
+                log.removeFilter(quiet)
         train_seconds = time.perf_counter() - start
-        network = parser.get_parsed_content("network")
-        state = network.state_dict()
-        atomic_write(run_dir / "model.pt", lambda f: torch.save(state, f))
+        # the report has loaded the best validated model.pt into the network: score the final weights
+        network = _load_weights(parser.get_parsed_content("network"), final_weights(run_dir))
         rows, preds = self._evaluate(parser, network)
         for index, pred in enumerate(preds):
             np.save(run_dir / f"prediction_{index}.npy", pred)

@@ -117,6 +117,7 @@ def run_settings(
     unlabeled: Sequence[Mapping] | None = None,
     unlabeled_ratio: float = 1.0,
     mixup: Sequence[Any] = (0.0, 1.0, "mixup"),
+    teacher_precision: str = "float32",
 ) -> dict[str, Any]:
     """The ``settings`` of a student's :func:`run_fingerprint`, in the order the hash has always read them.
 
@@ -128,6 +129,7 @@ def run_settings(
             and ``unlabeled_ratio``, enter the hash (a run on other unlabelled images resumes nothing).
         mixup: ``[mixup_prob, mixup_alpha, mixup_mode]``; nothing enters the hash while ``mixup_prob`` is 0, and the
             mode only when it is not the default ``"mixup"`` (so the keys of runs before CutMix stay as they were).
+        teacher_precision: enters the hash only when it is not the default ``"float32"``, for the same reason.
     """
     settings = {**hyperparameters, "teacher": teacher, **method.fingerprint()}
     if unlabeled is not None:
@@ -136,6 +138,8 @@ def run_settings(
     prob, alpha, mode = mixup
     if prob:
         settings["mixup"] = [prob, alpha] + ([mode] if mode != "mixup" else [])
+    if teacher_precision != "float32":
+        settings["teacher_precision"] = teacher_precision
     return settings
 
 

@@ -295,3 +295,42 @@ def test_editing_a_method_comment_reuses_the_stored_run(tmp_path):
     proc = run_compare(tmp_path, ["none"], extra=extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert result.stat().st_mtime_ns == before
+
+
+def test_compare_and_the_bundle_command_train_the_same_student(comparison, tmp_path):
+    """compare runs the bundle's own plan: the same method, data, seed and budget through `python -m monai.bundle run
+    training` gives bit-equal final weights."""
+    import torch
+
+    from lightvessel_monai.compare import NEVER_STEP, method_config
+
+    from test_bundle import run_bundle
+
+    root, _ = comparison
+    run_dir = root / "out" / "runs" / "kd_seed1"
+    result = json.loads((run_dir / "result.json").read_text())
+    epochs = math.ceil(BUDGET / 2)  # 4 training images, batch 2: 2 iterations per epoch
+    assert result["iterations"] == 2 * epochs
+    items = tiny_sets(root)[1::2]  # the "KEY=VALUE" of each --set
+    extra = {item.partition("=")[0]: item.partition("=")[2] for item in items}
+    extra.update(
+        {
+            "seed": 1,
+            "max_epochs": epochs,
+            "teacher_checkpoint": result["teacher_checkpoint"],
+            "teacher_dir": str(Path(result["teacher_checkpoint"]).parent),
+            "val_interval": NEVER_STEP,
+            "progress_bar": False,
+            "term_grad_interval": GRAD_INTERVAL,
+            "latency_repeats": 1,
+            "ckpt_dir": str(tmp_path / "models"),
+            "resume_dir": str(tmp_path / "resume"),
+            "output_dir": str(tmp_path / "eval"),
+        }
+    )
+    configs = ["train.json", *(str(p) for p in method_config("kd"))]
+    run_bundle("training", configs, Path(extra.pop("bundle_root")), extra=extra, tiny=False)
+    from_compare = torch.load(run_dir / "models" / "model_final.pt", weights_only=True)
+    from_command = torch.load(tmp_path / "models" / "model_final.pt", weights_only=True)
+    assert from_compare.keys() == from_command.keys()
+    assert all(torch.equal(from_compare[k], from_command[k]) for k in from_compare)

@@ -91,7 +91,9 @@ def test_target_dice_is_the_final_weights_on_every_target_image(targeted):
         for seed in SEEDS:
             result = _target_result(out, method, seed)
             assert result["images"] == [e["image"] for e in entries]
-            network.load_state_dict(torch.load(out / "runs" / f"{method}_seed{seed}" / "model.pt", weights_only=True))
+            network.load_state_dict(
+                torch.load(out / "runs" / f"{method}_seed{seed}" / "models" / "model_final.pt", weights_only=True)
+            )
             by_hand = naive_dice(network, entries)
             assert np.allclose([case["dice"] for case in result["cases"]], by_hand, atol=1e-5)
             assert math.isclose(result["metrics"]["dice"], by_hand.mean(), abs_tol=1e-5)
@@ -167,7 +169,7 @@ def test_a_target_evaluation_follows_the_weights_it_is_keyed_by(targeted, tmp_pa
     target.prepare()
     source = build_parser([train_config()], overrides)
     model = tmp_path / "model.pt"
-    shutil.copy(out / "runs" / "none_seed0" / "model.pt", model)
+    shutil.copy(out / "runs" / "none_seed0" / "models" / "model_final.pt", model)
 
     def load():
         return _load_weights(source.get_parsed_content("network"), model)
