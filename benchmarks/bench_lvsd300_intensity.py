@@ -49,13 +49,17 @@ def main() -> None:
                     float(np.asarray(standardised[3])[vessel].mean()),
                 )
             )
-    print("| split | study | slabs | liver mean grey | liver sd | vessel mean grey | vessel contrast (liver sd) "
-          "| vessel mean after StandardizeInsided |")
+    print(
+        "| split | study | slabs | liver mean grey | liver sd | vessel mean grey | vessel contrast (liver sd) "
+        "| vessel mean after StandardizeInsided |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for (split, study), values in rows.items():
         cols = [statistics.fmean(v[i] for v in values) for i in range(5)]
-        print(f"| {split} | {study} | {len(values)} | {cols[0]:.1f} | {cols[1]:.1f} | {cols[2]:.1f} | {cols[3]:.2f} "
-              f"| {cols[4]:.2f} |")
+        print(
+            f"| {split} | {study} | {len(values)} | {cols[0]:.1f} | {cols[1]:.1f} | {cols[2]:.1f} | {cols[3]:.2f} "
+            f"| {cols[4]:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,14 @@ def onnx_session(network: torch.nn.Module, example: torch.Tensor):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            network, (example,), buffer, input_names=["image"], output_names=["pred"],
-            dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
+            network,
+            (example,),
+            buffer,
+            input_names=["image"],
+            output_names=["pred"],
+            dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
         )
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
