@@ -319,3 +319,30 @@ def test_staged_outputs_leave_nothing_when_a_run_fails(tmp_path):
         assert [p.name for p in (out / "IM1").iterdir()] == ["old.png"], "nothing appears before the commit"
         outputs.commit()
     assert [p.name for p in out.iterdir()] == ["IM1"] and [p.name for p in (out / "IM1").iterdir()] == ["new.png"]
+
+
+def test_a_run_that_fails_to_decode_leaves_nothing_of_any_run(tmp_path):
+    """Two runs that pass the header checks; the second's RLE frames are zeroed, so its decode fails while the runs are
+    processed, after the first run was segmented: the command fails with one line and output_dir stays empty."""
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import RLELossless
+
+    (tmp_path / "in").mkdir()
+    write_xa_cine(np.full((2, 64, 64), 120, np.uint8), tmp_path / "in" / "A")
+    write_xa_cine(np.full((2, 64, 64), 90, np.uint8), tmp_path / "in" / "B")
+    ds = pydicom.dcmread(tmp_path / "in" / "B")
+    ds.compress(RLELossless)
+    ds.PixelData = encapsulate([bytes(len(f)) for f in generate_frames(ds.PixelData, number_of_frames=2)])
+    ds.save_as(tmp_path / "in" / "B")
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundle" / "configs" / "inference.json"))  # the default bundle: fast at 64 px
+    parser["input_glob"], parser["ckpt_dir"] = str(tmp_path / "in" / "*"), str(tmp_path / "models")
+    parser["output_dir"] = str(tmp_path / "out")
+    (tmp_path / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+    cine = parser.get_parsed_content("cine")
+    assert [r.name for r in cine.runs] == ["A", "B"], "both pass the header checks"
+    with pytest.raises(DataError, match=r"input .*/B cannot be decoded"):
+        cine.run()
+    assert cine.timings and "write" in cine.timings[0], "run A was segmented and written (staged) first"
+    assert not (tmp_path / "out").exists(), "nothing in output_dir"

@@ -6,7 +6,8 @@ Per run (``inference.json``'s ``cine``, run before the PNG evaluator):
 2. the run's exposed field once, then the config's ``preprocessing`` per frame (:class:`.frames.FramePipeline`);
 3. the network on ``batch_size`` frames per call: a MONAI ``SlidingWindowInferer`` whose one window is the frame,
    padded by edge replication to a multiple of ``window_multiple`` (the networks' downsampling), as XCA's
-   inference pads a 300 x 300 angiogram into its 320 x 320 window;
+   inference pads a 300 x 300 angiogram into its 320 x 320 window (the default, one frame per call, was the fastest
+   for the 25 k XCA student on this project's 2-core CPU: benchmarks/bench_cine.py);
 4. on the batch, what the config's ``post_transforms`` do per image (softmax over the classes, the first most probable
    class, background outside ``mask_key``): the masks MONAI Label and the PNG path get. The class is taken with
    ``max(dim).indices`` (the same first-maximum rule as ``argmax``): ``torch.argmax`` over the class axis of a
@@ -49,7 +50,7 @@ ENGINES = ("eager", "torchscript")
 logger = logging.getLogger(__name__)
 
 
-def whole_frame_inferer(shape: Sequence[int], multiple: int = 16, batch_size: int = 8) -> SlidingWindowInferer:
+def whole_frame_inferer(shape: Sequence[int], multiple: int = 16, batch_size: int = 1) -> SlidingWindowInferer:
     """One window per frame of ``shape`` (rounded up to ``multiple``, edges replicated), ``batch_size`` per call."""
     roi = [multiple * math.ceil(int(s) / multiple) for s in shape]
     return SlidingWindowInferer(roi, sw_batch_size=batch_size, overlap=0.0, padding_mode="replicate")
@@ -82,7 +83,7 @@ class CineInference:
         output_dir: str,
         mask_key: str | None = None,
         device: str | torch.device = "cpu",
-        batch_size: int = 8,
+        batch_size: int = 1,
         window_multiple: int = 16,
         engine: str = "eager",
         algorithm: str = "LightVessel-MONAI student",
@@ -150,7 +151,8 @@ class CineInference:
         times["network"], times["postprocess"] = network_s, post_s
         return masks
 
-    def _write(self, outputs: StagedOutputs, run: CineRun, header: Any, frames: np.ndarray, masks: np.ndarray) -> None:
+    def write(self, outputs: StagedOutputs, run: CineRun, header: Any, frames: np.ndarray, masks: np.ndarray) -> None:
+        """The run's DICOM SEG, PNG masks and GIF preview, into its staged folder."""
         from lightvessel_monai import __version__
 
         folder = outputs.folder(run.name)
@@ -160,9 +162,11 @@ class CineInference:
         write_gif(folder / f"{run.name}_preview.gif", grey_frames(frames, run.bits_stored), masks, run.frame_rate)
 
     def run(self) -> list[str]:
+        """Segment and write every run; the network is loaded on the first call (a second call reuses it)."""
         if not self.runs:
             return []
-        self.load()
+        if self.model is None:
+            self.load()
         self.timings = []
         with StagedOutputs(self.output_dir) as outputs:
             for run in self.runs:
@@ -172,7 +176,7 @@ class CineInference:
                 self.timings.append({"decode": t1 - t0})
                 masks = self.segment(run, frames, header)
                 t2 = time.perf_counter()
-                self._write(outputs, run, header, frames, masks)
+                self.write(outputs, run, header, frames, masks)
                 times = self.timings[-1]
                 times["write"] = time.perf_counter() - t2
                 total = time.perf_counter() - t0

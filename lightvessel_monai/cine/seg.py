@@ -36,7 +36,7 @@ def _one_frame_view(source: Any) -> Any:
     functional group, which highdicom looks up for any image whose IOD allows several frames."""
     from pydicom.dataset import Dataset
 
-    view = copy.copy(source)  # shallow: the elements are shared, the changes below are not
+    view = copy.deepcopy(source)  # a pydicom copy.copy shares the element dict: the changes would reach the source
     view.NumberOfFrames = 1
     shared = Dataset()
     shared.PixelMeasuresSequence = [Dataset()]
