@@ -346,3 +346,41 @@ def test_a_run_that_fails_to_decode_leaves_nothing_of_any_run(tmp_path):
         cine.run()
     assert cine.timings and "write" in cine.timings[0], "run A was segmented and written (staged) first"
     assert not (tmp_path / "out").exists(), "nothing in output_dir"
+
+
+def test_header_details_shutters_frame_rate_monochrome1_and_12_bit(tmp_path):
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    assert shutter_inside(ds, (8, 10)) is None, "no shutter module: no shutter"
+    ds.ShutterShape = ["RECTANGULAR", "CIRCULAR"]
+    ds.ShutterLeftVerticalEdge, ds.ShutterRightVerticalEdge = 2, 9  # 1-based columns
+    ds.ShutterUpperHorizontalEdge, ds.ShutterLowerHorizontalEdge = 1, 8
+    ds.CenterOfCircularShutter, ds.RadiusOfCircularShutter = [4, 5], 3  # row, column (1-based), pixels
+    inside = shutter_inside(ds, (8, 10))
+    rows, cols = np.ogrid[:8, :10]
+    expected = (cols >= 1) & (cols <= 8) & ((rows - 3) ** 2 + (cols - 4) ** 2 <= 9)
+    np.testing.assert_array_equal(inside, expected)
+    ds.ShutterShape = "POLYGONAL"
+    ds.VerticesOfThePolygonalShutter = [1, 1, 1, 10, 8, 1]  # a triangle: (row, column) pairs
+    polygon = shutter_inside(ds, (8, 10))
+    assert polygon[0, 0] and polygon[0, 8] and polygon[6, 0] and not polygon[7, 9] and not polygon[4, 8]
+
+    from lightvessel_monai.data.xa_dicom import frame_rate
+
+    assert frame_rate(Dataset()) is None
+    timed = Dataset()
+    timed.FrameTime = "33.3333"
+    assert frame_rate(timed) == pytest.approx(30.0, abs=1e-3)
+    timed.CineRate = 25
+    assert frame_rate(timed) == 25.0, "CineRate first"
+
+    stored = np.array([[[0, 4095], [1000, 2048]]], np.uint16)  # one 2 x 2 frame, 12 bits stored
+    path = write_xa_cine(stored, tmp_path / "M1")
+    ds = pydicom.dcmread(path)
+    ds.BitsStored, ds.HighBit, ds.PhotometricInterpretation = 12, 11, "MONOCHROME1"
+    ds.save_as(path)
+    run = check_cine(path)
+    _, frames = read_frames(run)
+    np.testing.assert_array_equal(frames, 4095 - stored)  # MONOCHROME1: the lowest value is white
+    np.testing.assert_allclose(grey_frames(frames, run.bits_stored), (4095 - stored) * 255.0 / 4095, rtol=1e-6)
