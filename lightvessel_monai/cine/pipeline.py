@@ -1,4 +1,4 @@
-"""Segment DICOM cine runs with the bundle's student: decode, preprocess each frame, batched network, write.
+"""Segment DICOM cine runs with the bundle's student: decode, preprocess each frame, the network, post-process, write.
 
 Per run (``inference.json``'s ``cine``, run before the PNG evaluator):
 
