@@ -23,6 +23,7 @@ __all__ = [
     "check_positive_numbers",
     "check_writable",
     "atomic_write_text",
+    "replace_folder",
     "csv_text",
     "load_state_dict_checked",
     "load_weights",
@@ -220,6 +221,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         Path(tmp).unlink(missing_ok=True)
         raise
     return str(path)
+
+
+def replace_folder(staged: str | os.PathLike, target: str | os.PathLike, trash: str | os.PathLike) -> str:
+    """Move the finished folder ``staged`` to ``target`` by renames on one file system; a folder already at ``target``
+    is first moved to ``trash`` (for the caller to delete). Readers see the old folder or the new one, whole."""
+    target = Path(target)
+    if target.exists():
+        os.replace(target, trash)
+    os.replace(staged, target)
+    return str(target)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> str:

@@ -184,6 +184,38 @@ def test_packaged_inference_runs_without_the_project_installed_and_equals_the_so
     np.testing.assert_array_equal(packaged_mask, source_mask)
 
 
+def test_packaged_inference_reads_a_dicom_cine_run_and_writes_its_seg(packaged, tmp_path):
+    """The packaged bundle, from its folder and without this project importable, on a folder holding a PNG and a
+    one-frame-per-image XA DICOM run of the same pictures: the DICOM SEG's frames are the PNG path's masks."""
+    import highdicom as hd
+
+    from lightvessel_monai.data.dicom import write_xa_cine
+    from lightvessel_monai.data.synthetic_2d import generate_angiogram
+
+    _, _, folder = packaged
+    pictures = np.stack([generate_angiogram(seed, size=64)[0] for seed in (3, 4)])
+    (tmp_path / "in").mkdir()
+    for k, picture in enumerate(pictures):
+        Image.fromarray(picture).save(tmp_path / "in" / f"case{k}.png")
+    write_xa_cine(pictures, tmp_path / "in" / "RUN")  # no extension: recognised by its content
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(GUARD)
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    guarded = dict(clean, PYTHONPATH=str(guard), LIGHTVESSEL_ALLOWED=str(folder / "scripts"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    cmd += ["--input_glob", str(tmp_path / "in" / "*"), "--output_dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=folder, env=guarded, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "import guard" not in proc.stderr
+    predictions = tmp_path / "out" / "predictions"
+    seg = hd.seg.segread(predictions / "RUN" / "RUN_seg.dcm")
+    from_png = np.stack([np.asarray(Image.open(predictions / f"case{k}_seg.png")) > 0 for k in (0, 1)])
+    assert int(seg.NumberOfFrames) == 2 and from_png.any() and not from_png.all()
+    np.testing.assert_array_equal(np.asarray(seg.pixel_array) > 0, from_png)
+    assert (predictions / "RUN" / "RUN_preview.gif").is_file()
+
+
 def test_zoo_verify_metadata_passes_offline_with_the_shared_schema(packaged, tmp_path):
     if not SCHEMA.is_file():
         pytest.skip(f"MONAI bundle schema not found at {SCHEMA} (../shared is absent)")

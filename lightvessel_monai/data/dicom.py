@@ -1,4 +1,7 @@
-"""Write a volume as a CT DICOM series (one file per slice), e.g. to turn a synthetic volume into DICOM.
+"""Write a volume as a CT DICOM series (one file per slice), or frames as a multi-frame XA cine run.
+
+:func:`write_xa_cine` writes 2D frames (e.g. synthetic angiograms) as one uncompressed multi-frame X-Ray Angiographic
+Image, the file a cath-lab system exports for a run (tests, benchmarks, trying the DICOM path without real data).
 
 The array is indexed like the volumes MONAI's ``ITKReader`` returns: ``array[i, j, k]`` is column ``i``
 (along the row direction), row ``j`` (along the column direction) of slice ``k``. The geometry is in DICOM's
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_dicom_series"]
+__all__ = ["write_dicom_series", "write_xa_cine"]
 
 
 def _ds(values: Sequence[float]) -> list[float]:
@@ -132,3 +135,59 @@ def write_dicom_series(
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
         paths.append(str(path))
     return paths
+
+
+def write_xa_cine(
+    frames: np.ndarray,
+    path: str | os.PathLike,
+    frame_rate: float = 15.0,
+    patient_name: str = "Synthetic^Angiogram",
+    patient_id: str = "synthetic",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+) -> str:
+    """Write ``frames`` ``(T, H, W)`` uint8 (or uint16) as one multi-frame XA DICOM file at ``path`` (no extension
+    needed), Explicit VR Little Endian, MONOCHROME2, with the cine attributes (``CineRate``, ``FrameTime``)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        PYDICOM_IMPLEMENTATION_UID,
+        ExplicitVRLittleEndian,
+        XRayAngiographicImageStorage,
+        generate_uid,
+    )
+
+    array = np.asarray(frames)
+    if array.ndim != 3 or array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"write_xa_cine expects (T, H, W) uint8 or uint16 frames, got {array.shape} {array.dtype}")
+    sop_uid = sop_uid or generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = XRayAngiographicImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = XRayAngiographicImageStorage, sop_uid
+    ds.Modality = "XA"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "SINGLE PLANE"]
+    ds.PatientName, ds.PatientID = patient_name, patient_id
+    ds.PatientBirthDate, ds.PatientSex = "", "O"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), series_uid or generate_uid()
+    ds.StudyID, ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "1", "20260101", "120000", ""
+    ds.ReferringPhysicianName = ""
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.Manufacturer = "LightVessel-MONAI synthetic"
+    ds.CineRate = int(round(frame_rate))
+    ds.FrameTime = _ds([1000.0 / frame_rate])[0]
+    ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
+    ds.NumberOfFrames = array.shape[0]
+    ds.Rows, ds.Columns = array.shape[1], array.shape[2]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    bits = 8 * array.dtype.itemsize
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    ds.PixelData = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return str(path)

@@ -390,7 +390,9 @@ def model_card(
     lines += ["- Metrics hold for data like the validation set above; other scanners or protocols need validation."]
     lines += ["", "## Use", "", "From this folder (the Model Zoo convention; `scripts/` holds the vendored code):", ""]
     lines += ["```bash", "python -m monai.bundle run --config_file configs/inference.json --input_glob 'images/*'"]
-    lines += ["```", "", "`models/model.ts` (TorchScript, `monai.bundle ckpt_export`) and `models/model.onnx`"]
+    lines += ["```", "", "A 2D bundle also reads multi-frame X-ray angiography DICOM runs (any file name:"]
+    lines += ["`--input_glob 'runs/*'`) and writes, per run, a DICOM SEG, a PNG mask per frame and a GIF preview."]
+    lines += ["", "`models/model.ts` (TorchScript, `monai.bundle ckpt_export`) and `models/model.onnx`"]
     lines += ["(opset 18, input `image`, output `pred`, dynamic batch and spatial axes) hold the same network.", ""]
     refs = meta.get("references") or []
     if refs:
