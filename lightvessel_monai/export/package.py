@@ -337,6 +337,7 @@ def _method(parser) -> list[str]:
     terms = _raw(parser, parser["distillation"]) if "distillation" in parser else {}
     lines = []
     for name, term in (terms or {}).items():
+        term = _raw(parser, term)  # a term may be a reference into a method overlay ("@lightvessel#fsd")
         if not isinstance(term, Mapping):
             continue
         loss = _raw(parser, term.get("loss"))
