@@ -39,12 +39,13 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
+from lightvessel_monai.checkpoints import load_state_dict_checked
 from lightvessel_monai.cine.frames import grey_frames
 from lightvessel_monai.cine.pipeline import whole_frame_inferer
 from lightvessel_monai.cine.staging import StagedOutputs
 from lightvessel_monai.data.xa_dicom import read_frames
 from lightvessel_monai.export import export_onnx
-from lightvessel_monai.utils import load_state_dict_checked, markdown_table
+from lightvessel_monai.files import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [REPO / "bundle" / "configs" / "inference.json", REPO / "configs" / "data" / "xca.json"]

@@ -26,8 +26,8 @@ from monai.networks.nets import BasicUNet, UNet
 
 from lightvessel_monai.export import export_onnx, export_torchscript, max_abs_difference
 from lightvessel_monai.export.formats import example_input
+from lightvessel_monai.files import markdown_table
 from lightvessel_monai.networks import count_parameters
-from lightvessel_monai.utils import markdown_table
 
 STUDENTS = {
     "UNet 4-8-16-32 (XCA, DRIVE), 512x512": (

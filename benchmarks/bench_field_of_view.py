@@ -51,9 +51,9 @@ from monai.bundle import ConfigParser
 from PIL import Image
 from scipy import ndimage
 
+from lightvessel_monai.checkpoints import load_state_dict_checked
 from lightvessel_monai.data.checks import load_datalist
 from lightvessel_monai.data.field_of_view import FILL_METHODS, xray_field_of_view
-from lightvessel_monai.utils import load_state_dict_checked
 
 REPO = Path(__file__).resolve().parent.parent
 

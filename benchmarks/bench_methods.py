@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
-from lightvessel_monai.compare import method_config, split_methods, split_variant
+from lightvessel_monai.compare.runs import method_config, split_methods, split_variant
 from lightvessel_monai.data.unlabeled import UNLABELED, labelled_samples
 from lightvessel_monai.engines import DistillationTrainer, MixedBatch
 from lightvessel_monai.handlers import AdversarialUpdateHandler

@@ -21,9 +21,9 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser
 
 from lightvessel_monai.engines import DistillationTrainer
-from lightvessel_monai.features import FeatureTaps
 from lightvessel_monai.handlers import AdversarialUpdateHandler
 from lightvessel_monai.losses import DistillationInputs
+from lightvessel_monai.taps import FeatureTaps
 
 CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.json"
 

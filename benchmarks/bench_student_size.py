@@ -11,8 +11,8 @@ training alone stops improving, which sets the student budget) and validation ev
 (rounded to whole epochs). The student is the overlay's ``network_def`` with its ``channels`` replaced.
 
 Prints a Markdown table (parameters, best validation Dice and where, the plateau iteration by
-:func:`lightvessel_monai.curves.plateau_iteration`, minutes) and writes ``curves.png`` with every curve, plus each
-run's ``student_curve.csv`` under ``--output_dir/<channels>/eval``.
+:func:`lightvessel_monai.reporting.learning_curves.plateau_iteration`, minutes) and writes ``curves.png`` with
+every curve, plus each run's ``student_curve.csv`` under ``--output_dir/<channels>/eval``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
-from lightvessel_monai.curves import plateau_iteration, read_curve
-from lightvessel_monai.figures import learning_curve_plot
 from lightvessel_monai.networks import count_parameters
+from lightvessel_monai.reporting.learning_curves import learning_curve_plot, plateau_iteration, read_curve
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -36,8 +36,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
+from lightvessel_monai.checkpoints import load_state_dict_checked
 from lightvessel_monai.data.checks import load_datalist
-from lightvessel_monai.utils import load_state_dict_checked
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"

@@ -11,13 +11,14 @@ weights; ``model.pt`` is the best validated checkpoint, selected on the very ima
 score), or a ``model.pt`` of ``lightvessel_monai.compare`` (validated once, at the end), loaded into the overlay's
 ``network_def``; ``--teacher`` goes into
 ``teacher_def``. Every network is scored by the same code as ``lightvessel_monai.compare`` (its validation dataloader,
-inferer and post-processing, :func:`lightvessel_monai.evaluation.evaluate_cases`), one row per validation case.
+inferer and post-processing, :func:`lightvessel_monai.reporting.evaluation.evaluate_cases`), one row per validation
+case.
 
 ``--scores`` is a CSV of those rows (method, seed, case, dice, sensitivity, clDice). Rows already there are kept
 (a run given again replaces its own), so runs finished in different sessions add up to one comparison; the file is
 written atomically. The table printed last pairs every method with ``--baseline`` on the seeds both have, case by
-case, with the two-level bootstrap interval of :func:`lightvessel_monai.significance.paired_difference`, and gives
-each method's distance to the teacher.
+case, with the two-level bootstrap interval of
+:func:`lightvessel_monai.compare.significance.paired_difference`, and gives each method's distance to the teacher.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from pathlib import Path
 import numpy as np
 from monai.bundle import ConfigParser
 
-from lightvessel_monai.compare import _evaluation_inputs
-from lightvessel_monai.evaluation import evaluate_cases, summarise
-from lightvessel_monai.significance import paired_difference
-from lightvessel_monai.utils import atomic_write_text, csv_text, load_state_dict_checked
+from lightvessel_monai.checkpoints import load_state_dict_checked
+from lightvessel_monai.compare.runs import _evaluation_inputs
+from lightvessel_monai.compare.significance import paired_difference
+from lightvessel_monai.files import atomic_write_text, csv_text
+from lightvessel_monai.reporting.evaluation import evaluate_cases, summarise
 
 FIELDS = ("method", "seed", "case", "dice", "sensitivity", "cldice")
 TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.json"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 
-from lightvessel_monai.compare_outputs import DicePanel, dice_panels
+from lightvessel_monai.compare.outputs import DicePanel, dice_panels
 
 
 def read_results(path: str) -> tuple[float | None, list[dict[str, str]]]:

@@ -6,15 +6,14 @@ Usage::
         "teacher 6.5 M=runs/teacher_xca/eval/teacher_curve.csv" "none 25 k=runs/none_25k/eval/student_curve.csv"
 
 For each curve the table gives the best validation Dice and where, and the plateau iteration of
-:func:`lightvessel_monai.curves.plateau_iteration`.
+:func:`lightvessel_monai.reporting.learning_curves.plateau_iteration`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from lightvessel_monai.curves import plateau_iteration, read_curve
-from lightvessel_monai.figures import learning_curve_plot
+from lightvessel_monai.reporting.learning_curves import learning_curve_plot, plateau_iteration, read_curve
 
 
 def main() -> None:

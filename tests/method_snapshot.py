@@ -27,7 +27,7 @@ def describe_method(name: str | None, dataset_dir: str, extra: dict[str, Any] | 
     """Build train.json (+ the method overlay, base first, and ``extra`` keys) and describe what it made."""
     from monai.bundle import ConfigParser
 
-    from lightvessel_monai.compare import method_config
+    from lightvessel_monai.compare.runs import method_config
 
     configs = [REPO / "bundle" / "configs" / "train.json"]
     if name is not None:

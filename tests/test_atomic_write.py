@@ -7,14 +7,14 @@ import subprocess
 import sys
 import time
 
-from lightvessel_monai.utils import atomic_write_text, csv_text
+from lightvessel_monai.files import atomic_write_text, csv_text
 
 from conftest import REPO
 
 WRITER = """
 import sys
 from pathlib import Path
-from lightvessel_monai.utils import atomic_write_text
+from lightvessel_monai.files import atomic_write_text
 text = "new," * 60_000_000  # 240 MB: writing it takes long enough to be killed inside the write
 Path(sys.argv[2]).write_text("started")
 atomic_write_text(sys.argv[1], text)
@@ -49,7 +49,7 @@ def test_a_failing_binary_writer_keeps_the_old_file_and_the_new_file_has_plain_p
 
     import pytest
 
-    from lightvessel_monai.utils import atomic_write
+    from lightvessel_monai.files import atomic_write
 
     target = tmp_path / "model.zip"
     atomic_write(target, lambda f: f.write(b"old"))

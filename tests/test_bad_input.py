@@ -167,7 +167,7 @@ def test_a_boolean_key_that_is_not_a_boolean(tmp_path):
     + [(False, False), ("false", False), ("False", False), ("0", False), (0, False)],
 )
 def test_booleans_from_the_command_line(value, expected):
-    from lightvessel_monai.utils import as_bool
+    from lightvessel_monai.pipeline.settings import as_bool
 
     assert as_bool(value, "amp") is expected
 
@@ -175,7 +175,7 @@ def test_booleans_from_the_command_line(value, expected):
 @pytest.mark.parametrize("value", ["yes", "", "2", 2, 1.0, None, "falsey"])
 def test_anything_else_is_not_a_boolean(value):
     from lightvessel_monai.errors import ConfigKeyError
-    from lightvessel_monai.utils import as_bool
+    from lightvessel_monai.pipeline.settings import as_bool
 
     with pytest.raises(ConfigKeyError, match="'progress_bar' must be a boolean"):
         as_bool(value, "progress_bar")
@@ -215,8 +215,8 @@ def _malicious_checkpoint(tmp_path):
 
 
 def test_a_checkpoint_with_pickled_code_is_refused_and_nothing_runs(tmp_path):
+    from lightvessel_monai.checkpoints import load_state_dict_checked
     from lightvessel_monai.errors import CheckpointMismatchError
-    from lightvessel_monai.utils import load_state_dict_checked
 
     path, witness = _malicious_checkpoint(tmp_path)
     with pytest.raises(CheckpointMismatchError) as info:
@@ -265,7 +265,7 @@ def test_an_output_folder_that_cannot_be_written_fails_pre_flight(tmp_path):
 
 
 def test_the_write_probe_leaves_nothing_behind(tmp_path):
-    from lightvessel_monai.utils import check_writable
+    from lightvessel_monai.pipeline.settings import check_writable
 
     check_writable({"ckpt_dir": tmp_path / "models" / "teacher", "output_dir": tmp_path})
     assert list(tmp_path.iterdir()) == [], "the probe created a folder or left a file"

@@ -11,7 +11,6 @@ from monai.bundle import ConfigParser
 from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.features import FeatureTaps
 from lightvessel_monai.handlers import AdversarialUpdateHandler
 from lightvessel_monai.losses import (
     AttentionTransfer,
@@ -28,6 +27,7 @@ from lightvessel_monai.losses import (
 )
 from lightvessel_monai.losses._common import class_balanced_weights
 from lightvessel_monai.networks import SimilarityDiscriminator
+from lightvessel_monai.taps import FeatureTaps
 
 from conftest import KL_HAND, REPO
 from conftest import distillation_inputs as _inputs

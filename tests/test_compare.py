@@ -146,7 +146,7 @@ def test_a_variant_runs_with_its_own_override_and_gradient_norms_are_recorded(co
 
 
 def test_method_lists_and_variants_are_parsed_as_written():
-    from lightvessel_monai.compare import run_folder, split_methods, split_variant
+    from lightvessel_monai.compare.runs import run_folder, split_methods, split_variant
     from lightvessel_monai.errors import ConfigKeyError
 
     assert split_methods('none, kd ,cwd+cwd_pairs=[1,2]+x={"a":1,"b":2},,lightvessel') == [
@@ -239,7 +239,7 @@ def test_every_method_trains_and_is_compared_in_3d(tmp_path):
 
 
 def test_an_overlay_that_extends_another_is_loaded_after_its_base(tmp_path):
-    from lightvessel_monai.compare import method_config
+    from lightvessel_monai.compare.runs import method_config
     from lightvessel_monai.errors import ConfigKeyError
 
     methods = REPO / "configs" / "methods"
@@ -263,18 +263,35 @@ def test_an_overlay_that_extends_another_is_loaded_after_its_base(tmp_path):
 
 
 def test_a_comment_enters_no_run_key_and_an_old_key_is_recognised():
-    from lightvessel_monai.compare import run_keys
+    from lightvessel_monai.compare.runs import run_keys
 
     settings = {"configs": ["a.json"], "method_config": [{"_comment": "one", "kd_weight": 1.0}], "seed": 0}
     edited = {**settings, "method_config": [{"_comment": "two", "kd_weight": 1.0, "x": {"_comment_y": "z"}}]}
     changed = {**settings, "method_config": [{"_comment": "one", "kd_weight": 2.0}]}
-    key, legacy = run_keys(settings)
+    key, (legacy,) = run_keys(settings)  # no module path in it: no separate key from before the layout
     assert run_keys(edited)[0] != key  # "x": {} is a real key, even when it holds only a comment
     assert run_keys({**edited, "method_config": [{"_comment": "two", "kd_weight": 1.0}]})[0] == key
     assert run_keys(changed)[0] != key
     # the legacy key is the one stored runs have: every setting and comment hashed
     assert legacy != key
-    assert run_keys({**settings, "method_config": [{"_comment": "two", "kd_weight": 1.0}]})[1] != legacy
+    assert run_keys({**settings, "method_config": [{"_comment": "two", "kd_weight": 1.0}]})[1] != (legacy,)
+
+
+@pytest.mark.parametrize("method", ["gkd", "cwd", "dskd"])
+def test_a_run_stored_before_the_package_layout_is_recognised(method):
+    # tests/data/overlays_before_layout holds the overlays (comments removed) as they named modules before issue 29's
+    # layout moved them (lightvessel_monai.features, .act, .networks.msan, .losses.GKD...): their runs are adopted
+    from lightvessel_monai.compare.runs import run_keys, without_comments
+
+    before = json.loads((REPO / "tests" / "data" / "overlays_before_layout" / f"{method}.json").read_text())
+    now = json.loads((REPO / "configs" / "methods" / f"{method}.json").read_text())
+    assert without_comments(now) != before  # the paths did move
+    settings = {"configs": [f"{method}.json"], "seed": 0}
+    stored_key = run_keys({**settings, "method_config": [before]})[0]
+    key, former = run_keys({**settings, "method_config": [now]})
+    assert key != stored_key and stored_key in former
+    edited = {**now, "gkd_weight_typo": 1.0}
+    assert stored_key not in run_keys({**settings, "method_config": [edited]})[1]  # any other change retrains
 
 
 def test_editing_a_method_comment_reuses_the_stored_run(tmp_path):
@@ -302,7 +319,7 @@ def test_compare_and_the_bundle_command_train_the_same_student(comparison, tmp_p
     training` gives bit-equal final weights."""
     import torch
 
-    from lightvessel_monai.compare import NEVER_STEP, method_config
+    from lightvessel_monai.compare.runs import NEVER_STEP, method_config
 
     from test_bundle import run_bundle
 

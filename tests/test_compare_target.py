@@ -159,8 +159,8 @@ def test_a_target_never_changes_training_and_its_evaluation_is_cached(targeted):
 
 def test_a_target_evaluation_follows_the_weights_it_is_keyed_by(targeted, tmp_path):
     """In process: the cached file is returned while the weights are the same, recomputed when they change."""
-    from lightvessel_monai.compare import TargetData, _load_weights, build_parser
-    from lightvessel_monai.resources import train_config
+    from lightvessel_monai.compare.runs import TargetData, _load_weights, build_parser
+    from lightvessel_monai.pipeline.config_files import train_config
 
     root, overlay, _, _ = targeted
     out = root / "out"
@@ -191,7 +191,7 @@ def test_a_target_evaluation_follows_the_weights_it_is_keyed_by(targeted, tmp_pa
 
 
 def test_bad_target_overlays_are_one_line_errors_before_training(tmp_path, capsys):
-    from lightvessel_monai.compare import main
+    from lightvessel_monai.compare.runs import main
 
     proc = run_compare(tmp_path, ["none"], extra=["--target-data", "nosuchtarget"])
     lines = proc.stderr.strip().splitlines()

@@ -9,7 +9,8 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import MeanDice, ValidationHandler, from_engine
 from PIL import Image
 
-from lightvessel_monai.curves import (
+from lightvessel_monai.handlers import LearningCurveHandler
+from lightvessel_monai.reporting.learning_curves import (
     append_losses,
     plateau_iteration,
     read_curve,
@@ -17,7 +18,6 @@ from lightvessel_monai.curves import (
     write_curve,
     write_losses,
 )
-from lightvessel_monai.handlers import LearningCurveHandler
 
 
 def test_plateau_iteration_hand_computed():

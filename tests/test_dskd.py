@@ -11,7 +11,6 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from lightvessel_monai.engines import DistillationTrainer
-from lightvessel_monai.features import FeatureTaps, tap_channels
 from lightvessel_monai.handlers import SelfTeacherHandler, make_self_teacher
 from lightvessel_monai.losses import (
     DeepDistributionLoss,
@@ -23,6 +22,7 @@ from lightvessel_monai.losses import (
     patch_distribution_kl,
     student_parameters,
 )
+from lightvessel_monai.taps import FeatureTaps, tap_channels
 
 from conftest import REPO, tiny_unet
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceFocalLoss
 
-from lightvessel_monai.compare import build_parser, split_variant
+from lightvessel_monai.compare.runs import build_parser, split_variant
 from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.losses import AttentionTransfer, KnowledgeDistillation, parse_terms
 from lightvessel_monai.losses.emkd import (

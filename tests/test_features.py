@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.features import FeatureTaps
+from lightvessel_monai.taps import FeatureTaps
 
 
 class TupleBlock(nn.Module):

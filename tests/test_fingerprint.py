@@ -9,7 +9,7 @@ from monai.losses import DiceCELoss
 from monai.transforms import Compose, RandAdjustContrastd, RandAffined, ScaleIntensityd
 from torch import nn
 
-from lightvessel_monai.stages import describe, teacher_fingerprint
+from lightvessel_monai.pipeline.stages import describe, teacher_fingerprint
 
 from conftest import REPO
 

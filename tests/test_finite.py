@@ -6,9 +6,9 @@ import pytest
 import torch
 from ignite.engine import Engine
 
+from lightvessel_monai.checkpoints import load_state_dict_checked
 from lightvessel_monai.errors import CheckpointMismatchError, TrainingDivergedError
 from lightvessel_monai.handlers import StopOnNonFiniteLoss
-from lightvessel_monai.utils import load_state_dict_checked
 
 from conftest import tiny_unet
 

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.features import FeatureTaps
 from lightvessel_monai.losses.base import DistillationInputs
 from lightvessel_monai.losses.fsd import FeatureSimilarityDistillation, fsd_pair_loss, naive_similarity_loss
+from lightvessel_monai.taps import FeatureTaps
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -9,27 +9,26 @@ import torch
 from ignite.engine import Engine
 from monai.networks.nets import BasicUNet, UNet
 
-from lightvessel_monai.act import AlignmentConsistencyStage
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.features import FeatureTaps
-from lightvessel_monai.handlers import SemanticDistanceHandler
-from lightvessel_monai.losses import (
-    DistillationInputs,
+from lightvessel_monai.gkd import (
     DomainInvariantCrossDistillation,
     DualContrastiveGraphDistillation,
+    FrechetSemanticDistance,
     GKDSemantics,
-    SemanticAlignment,
-    contrastive_graph_loss,
-    graph_edges,
-)
-from lightvessel_monai.metrics import FrechetSemanticDistance, frechet_distance
-from lightvessel_monai.networks import (
     LabelSemanticAutoEncoder,
+    SemanticAlignment,
+    SemanticDistanceHandler,
     SemanticHeader,
     bottleneck_path,
     bottleneck_size,
     bottleneck_swap,
+    contrastive_graph_loss,
+    frechet_distance,
+    graph_edges,
 )
+from lightvessel_monai.gkd.alignment import AlignmentConsistencyStage
+from lightvessel_monai.losses import DistillationInputs
+from lightvessel_monai.taps import FeatureTaps
 
 PATCH = {2: (32, 32), 3: (16, 16, 16)}
 

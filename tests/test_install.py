@@ -36,8 +36,8 @@ def test_a_non_editable_install_compares_from_outside_the_repository(tmp_path):
     work.mkdir()
 
     where = subprocess.run(
-        [python, "-c", "import lightvessel_monai, lightvessel_monai.resources as r; print(lightvessel_monai.__file__);"
-         " print(r.config_root())"],
+        [python, "-c", "import lightvessel_monai, lightvessel_monai.pipeline.config_files as r;"
+         " print(lightvessel_monai.__file__); print(r.config_root())"],
         cwd=work, env=env, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert where[0].startswith(str(prefix)), f"the checkout was imported, not the installed package: {where[0]}"

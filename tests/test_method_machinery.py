@@ -7,10 +7,10 @@ import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-from lightvessel_monai.evaluation import count_flops, evaluate_cases, mean_over_cases, summarise
-from lightvessel_monai.features import tap_channels
-from lightvessel_monai.figures import error_overlay
 from lightvessel_monai.losses import ChannelWiseDistillation, DistillationMethod, Distiller, student_parameters
+from lightvessel_monai.reporting.evaluation import count_flops, evaluate_cases, mean_over_cases, summarise
+from lightvessel_monai.reporting.figures import error_overlay
+from lightvessel_monai.taps import tap_channels
 
 from conftest import tiny_unet
 

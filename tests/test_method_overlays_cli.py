@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from lightvessel_monai.compare import method_config
+from lightvessel_monai.compare.runs import method_config
 
 from conftest import REPO
 from test_bundle import CONFIGS, run_bundle

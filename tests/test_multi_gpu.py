@@ -20,9 +20,9 @@ from monai.bundle import ConfigParser
 from test_bundle_3d import OVERLAY as SYNTHETIC_3D
 from test_bundle_3d import TINY_3D
 
-from lightvessel_monai import distributed
 from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.handlers import rank0_handlers
+from lightvessel_monai.pipeline import distributed
 
 from conftest import REPO
 from test_bundle import CONFIGS, TINY

@@ -1,4 +1,5 @@
-"""The package's import graph has no circle (issue 29): every import, lazy and type-checking ones included."""
+"""The package's shape (issue 29): no import circle (lazy and type-checking imports included), one place that renames
+files into place, a root grouped by role, and GKD in its own subpackage."""
 
 import ast
 from pathlib import Path
@@ -81,12 +82,12 @@ def test_the_package_has_no_import_circle():
     assert circles(graph) == [], "import circles: " + "; ".join(" <-> ".join(c) for c in circles(graph))
 
 
-def test_every_atomic_write_goes_through_utils_atomic_write():
+def test_every_atomic_write_goes_through_files_atomic_write():
     # a hand-rolled "temp file, then rename" forgets the fsync, the permissions or the clean-up of a failed write
     renames = [
         f"{path.relative_to(REPO)}:{node.lineno}"
         for path in PACKAGE.rglob("*.py")
-        if path.name != "utils.py"
+        if path.relative_to(PACKAGE) != Path("files.py")
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
@@ -94,4 +95,42 @@ def test_every_atomic_write_goes_through_utils_atomic_write():
         and isinstance(node.func.value, ast.Name)
         and node.func.value.id == "os"
     ]
-    assert renames == [], f"os.replace/os.rename outside utils.atomic_write: {renames}"
+    assert renames == [], f"os.replace/os.rename outside files.atomic_write: {renames}"
+
+
+ROOT_MODULES = {"__init__.py", "checkpoints.py", "errors.py", "files.py", "taps.py"}
+SUBPACKAGES = {
+    "cine",
+    "compare",
+    "data",
+    "engines",
+    "export",
+    "gkd",
+    "handlers",
+    "losses",
+    "metrics",
+    "networks",
+    "pipeline",
+    "reporting",
+}
+
+
+def test_the_package_root_is_grouped_by_role():
+    # a new module goes into the subpackage of its role (pipeline, compare, reporting, ...), not into a flat root
+    modules = {p.name for p in PACKAGE.glob("*.py")}
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert modules == ROOT_MODULES, f"modules at the package root: {sorted(modules - ROOT_MODULES)} are new"
+    assert packages == SUBPACKAGES
+
+
+def test_gkd_lives_in_its_subpackage_and_nothing_else_imports_it():
+    graph = import_graph()
+    gkd = {m for m in graph if m.startswith("lightvessel_monai.gkd")}
+    assert {
+        "lightvessel_monai.gkd.losses",
+        "lightvessel_monai.gkd.msan",
+        "lightvessel_monai.gkd.alignment",
+        "lightvessel_monai.gkd.semantic_distance",
+    } <= gkd
+    importers = sorted(m for m, targets in graph.items() if m not in gkd and targets & gkd)
+    assert importers == [], f"modules outside gkd/ that import it: {importers}"

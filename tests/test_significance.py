@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lightvessel_monai.significance import bootstrap_mean_ci, paired_difference
+from lightvessel_monai.compare.significance import bootstrap_mean_ci, paired_difference
 
 
 def test_interval_over_cases_matches_the_hand_computed_distribution():

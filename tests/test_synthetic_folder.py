@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lightvessel_monai.data._cache import MARKER
+from lightvessel_monai.data._synthetic_files import MARKER
 from lightvessel_monai.data.synthetic_2d import make_synthetic_angiograms
 from lightvessel_monai.data.synthetic_3d import make_synthetic_ct
 from lightvessel_monai.errors import DataError

@@ -19,7 +19,7 @@ from PIL import Image
 from scipy import ndimage
 
 from lightvessel_monai.data import synthetic_2d
-from lightvessel_monai.data._cache import derived_seed
+from lightvessel_monai.data._synthetic_files import derived_seed
 from lightvessel_monai.data.synthetic_2d import (
     STYLE_PRESETS,
     AngiogramStyle,

@@ -15,7 +15,7 @@ WORKER = textwrap.dedent(
     """
     import logging, os, sys, time
     import torch
-    from lightvessel_monai.stages import TeacherStage
+    from lightvessel_monai.pipeline.stages import TeacherStage
 
     root, name = sys.argv[1], sys.argv[2]
     best = os.path.join(root, "stage", "teacher_best.pt")
@@ -75,7 +75,7 @@ class _Recorder:
 
 
 def test_the_stage_loads_the_checkpoint_into_the_teacher_once_trained_or_cached(tmp_path):
-    from lightvessel_monai.stages import TeacherStage
+    from lightvessel_monai.pipeline.stages import TeacherStage
 
     torch.manual_seed(5)
     source, teacher = torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(1, 2, 3)
@@ -91,7 +91,7 @@ def test_the_stage_loads_the_checkpoint_into_the_teacher_once_trained_or_cached(
 
 def test_an_explicit_checkpoint_of_another_architecture_fails_in_preflight(tmp_path):
     from lightvessel_monai.errors import CheckpointMismatchError
-    from lightvessel_monai.stages import Preflight
+    from lightvessel_monai.pipeline.stages import Preflight
 
     path = tmp_path / "teacher.pt"
     torch.save(torch.nn.Conv2d(1, 4, 3).state_dict(), path)
@@ -109,7 +109,7 @@ def test_an_explicit_checkpoint_of_another_architecture_fails_in_preflight(tmp_p
 
 
 def test_a_disabled_stage_neither_trains_nor_loads_nor_reseeds(tmp_path):
-    from lightvessel_monai.stages import TeacherStage
+    from lightvessel_monai.pipeline.stages import TeacherStage
 
     trainer = _Recorder(str(tmp_path / "best.pt"), torch.nn.Conv2d(1, 2, 3))
     stage = TeacherStage(trainer, str(tmp_path / "teacher.pt"), trainer.best, seed=0, enabled=False)

@@ -6,7 +6,7 @@ import torch
 from lightvessel_monai.engines import DistillationTrainer
 from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.losses import DistillationMethod, FeatureSimilarityDistillation, KnowledgeDistillation
-from lightvessel_monai.stages import run_settings
+from lightvessel_monai.pipeline.stages import run_settings
 
 from conftest import tiny_unet
 

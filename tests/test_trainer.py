@@ -8,7 +8,6 @@ from monai.losses import DiceCELoss
 
 from lightvessel_monai.engines import DistillationTrainer
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.features import FeatureTaps
 from lightvessel_monai.handlers import AdversarialUpdateHandler, ResumeCheckpoint
 from lightvessel_monai.losses import (
     AdversarialSimilarityDistillation,
@@ -18,6 +17,7 @@ from lightvessel_monai.losses import (
     parse_terms,
 )
 from lightvessel_monai.networks import SimilarityDiscriminator
+from lightvessel_monai.taps import FeatureTaps
 
 from conftest import tiny_unet
 

@@ -11,7 +11,6 @@ from monai.losses import DiceCELoss
 from monai.transforms import Activationsd, AsDiscreted, Compose
 from PIL import Image
 
-from lightvessel_monai.curves import read_curve, read_losses
 from lightvessel_monai.engines import DistillationTrainer
 from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.handlers import (
@@ -22,6 +21,7 @@ from lightvessel_monai.handlers import (
 )
 from lightvessel_monai.losses import AdversarialSimilarityDistillation, FeatureSimilarityDistillation
 from lightvessel_monai.networks import SimilarityDiscriminator
+from lightvessel_monai.reporting.learning_curves import read_curve, read_losses
 
 from conftest import tiny_unet
 from test_bundle import run_bundle

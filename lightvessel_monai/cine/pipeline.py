@@ -16,8 +16,9 @@ Per run (``inference.json``'s ``cine``, run before the PNG evaluator):
    (:class:`.staging.StagedOutputs`: no run's outputs appear until every run is done; an error leaves nothing).
 
 The student's weights are loaded with ``torch.load(..., weights_only=True)`` and checked against the network
-(:func:`lightvessel_monai.utils.load_state_dict_checked`) before anything is written. ``engine="torchscript"`` runs
-the network as ``torch.jit.script`` makes it (what MONAI's ``ckpt_export`` writes to ``models/model.ts``).
+(:func:`lightvessel_monai.checkpoints.load_state_dict_checked`) before anything is written.
+``engine="torchscript"`` runs the network as ``torch.jit.script`` makes it (what MONAI's ``ckpt_export`` writes
+to ``models/model.ts``).
 """
 
 from __future__ import annotations
@@ -35,13 +36,15 @@ from monai.inferers import SlidingWindowInferer
 from monai.utils import convert_to_tensor
 from torch import nn
 
+from lightvessel_monai.checkpoints import load_state_dict_checked
 from lightvessel_monai.cine.frames import FramePipeline, grey_frames
 from lightvessel_monai.cine.preview import write_gif, write_png_masks
 from lightvessel_monai.cine.seg import cine_segmentation
 from lightvessel_monai.cine.staging import StagedOutputs
 from lightvessel_monai.data.xa_dicom import CineRun, read_frames
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.utils import atomic_write, check_positive_ints, load_state_dict_checked
+from lightvessel_monai.files import atomic_write
+from lightvessel_monai.pipeline.settings import check_positive_ints
 
 __all__ = ["CineInference", "ENGINES", "whole_frame_inferer"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lightvessel_monai.utils import atomic_write
+from lightvessel_monai.files import atomic_write
 
 __all__ = ["write_gif", "write_png_masks", "png_mask_name"]
 

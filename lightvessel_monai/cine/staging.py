@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from lightvessel_monai.utils import check_writable, replace_folder
+from lightvessel_monai.files import replace_folder
+from lightvessel_monai.pipeline.settings import check_writable
 
 __all__ = ["StagedOutputs"]
 
@@ -22,7 +23,7 @@ __all__ = ["StagedOutputs"]
 class StagedOutputs:
     """Context manager: ``folder(name)`` to write into, ``commit()`` to move every folder into ``output_dir``.
 
-    Write the files of a folder with :func:`lightvessel_monai.utils.atomic_write` (complete and synced on disk before
+    Write the files of a folder with :func:`lightvessel_monai.files.atomic_write` (complete and synced on disk before
     the folder is moved into place)."""
 
     def __init__(self, output_dir: str | os.PathLike, key: str = "output_dir") -> None:

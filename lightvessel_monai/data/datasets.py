@@ -24,9 +24,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightvessel_monai.data._cache import write_json_atomic
+from lightvessel_monai.data._synthetic_files import write_json_atomic
 from lightvessel_monai.errors import DataError
-from lightvessel_monai.utils import atomic_write
+from lightvessel_monai.files import atomic_write
 
 __all__ = [
     "DRIVE_VALIDATION_NUMBERS",

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from lightvessel_monai.data._cache import derived_seed, write_synthetic_dataset
+from lightvessel_monai.data._synthetic_files import derived_seed, write_synthetic_dataset
 from lightvessel_monai.data._vessel_tree import murray_children
 from lightvessel_monai.errors import ConfigKeyError
 

@@ -13,14 +13,14 @@ from monai.engines.utils import IterationEvents
 from torch import nn
 
 from lightvessel_monai.data.unlabeled import labelled_samples
-from lightvessel_monai.distributed import average_gradients, broadcast_tensors, is_distributed, unwrap
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.features import FeatureTaps, InputTap
 from lightvessel_monai.handlers.library_internals import iteration_output
 from lightvessel_monai.losses.base import DistillationInputs
 from lightvessel_monai.losses.method import DistillationMethod
 from lightvessel_monai.losses.terms import DistillationTerm
-from lightvessel_monai.utils import check_positive_ints
+from lightvessel_monai.pipeline.distributed import average_gradients, broadcast_tensors, is_distributed, unwrap
+from lightvessel_monai.pipeline.settings import check_positive_ints
+from lightvessel_monai.taps import FeatureTaps, InputTap
 
 __all__ = ["DistillationTrainer", "stand_in_label", "TEACHER_PRECISIONS"]
 
@@ -69,8 +69,9 @@ class DistillationTrainer(SupervisedTrainer):
     ``loss_<name>`` per term (``loss_seg`` and the *unweighted* term values).
 
     The teacher must hold its trained weights before :meth:`run`: the bundle's ``run`` plan loads them with
-    :class:`~lightvessel_monai.stages.TeacherStage` first. Tap paths and each term's required taps are checked by
-    the bundle's pre-flight step (:class:`~lightvessel_monai.stages.Preflight`), before any training.
+    :class:`~lightvessel_monai.pipeline.stages.TeacherStage` first. Tap paths and each term's required taps are
+    checked by the bundle's pre-flight step (:class:`~lightvessel_monai.pipeline.stages.Preflight`), before any
+    training.
 
     Args:
         network: the student.

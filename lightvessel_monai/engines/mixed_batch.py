@@ -10,8 +10,8 @@ from monai.data import MetaTensor, list_data_collate
 from monai.engines.utils import default_prepare_batch
 
 from lightvessel_monai.data.unlabeled import UNLABELED, UnlabeledStream
-from lightvessel_monai.distributed import get_rank, get_world_size, is_distributed
 from lightvessel_monai.errors import ConfigKeyError
+from lightvessel_monai.pipeline.distributed import get_rank, get_world_size, is_distributed
 
 __all__ = ["MIX_MODES", "MixedBatch", "cutmix", "mixup"]
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lightvessel_monai.errors import LightVesselError
-from lightvessel_monai.utils import atomic_write
+from lightvessel_monai.files import atomic_write
 
 __all__ = ["export_torchscript", "export_onnx", "onnx_predict", "max_abs_difference", "ExportMismatchError"]
 

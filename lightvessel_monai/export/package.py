@@ -54,9 +54,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightvessel_monai.checkpoints import load_state_dict_checked
 from lightvessel_monai.errors import LightVesselError
 from lightvessel_monai.export.formats import ExportMismatchError, _check, example_input, export_onnx
-from lightvessel_monai.utils import atomic_write, atomic_write_text, load_state_dict_checked, markdown_table
+from lightvessel_monai.files import atomic_write, atomic_write_text, markdown_table
 
 __all__ = ["PackageError", "build_package", "package_name", "LARGE_FILE_BYTES"]
 

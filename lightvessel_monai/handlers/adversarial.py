@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lightvessel_monai.distributed import average_gradients, broadcast_tensors
 from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.losses.asd import AdversarialSimilarityDistillation
 from lightvessel_monai.losses.base import DistillationInputs
+from lightvessel_monai.pipeline.distributed import average_gradients, broadcast_tensors
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -40,7 +40,7 @@ class AdversarialUpdateHandler:
     put in a checkpoint's ``save_dict`` and restored on resume.
 
     Under ``torchrun`` every rank holds a copy of the critic: it starts from rank 0's weights and its gradients are
-    averaged over the ranks before each step (:func:`~lightvessel_monai.distributed.average_gradients`, DDP's
+    averaged over the ranks before each step (:func:`~lightvessel_monai.pipeline.distributed.average_gradients`, DDP's
     operation; DDP itself does not support the gradient penalty's double backward), so the copies stay identical.
     """
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from ignite.engine import Events
 
-from lightvessel_monai.distributed import any_rank
 from lightvessel_monai.errors import ConfigKeyError, TrainingDivergedError
 from lightvessel_monai.handlers.finite import _loss_items
+from lightvessel_monai.pipeline.distributed import any_rank
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

@@ -10,8 +10,8 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
-from lightvessel_monai.distributed import unwrap
-from lightvessel_monai.utils import atomic_write
+from lightvessel_monai.files import atomic_write
+from lightvessel_monai.pipeline.distributed import unwrap
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from ignite.engine import Events
 
-from lightvessel_monai.distributed import any_rank
 from lightvessel_monai.errors import TrainingDivergedError
+from lightvessel_monai.pipeline.distributed import any_rank
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

@@ -168,7 +168,7 @@ class ValidationOverlayHandler:
             views.update({f"channel {c}": channels[c] for c in self.image_channels})
             views["image"] = channels[self.image_channels[len(self.image_channels) // 2]]
         if label.ndim == 3:
-            from lightvessel_monai.figures import most_foreground_slice
+            from lightvessel_monai.reporting.figures import most_foreground_slice
 
             z = most_foreground_slice(label)
             views = {k: None if v is None else v[..., z] for k, v in views.items()}
@@ -184,7 +184,7 @@ class ValidationOverlayHandler:
     def _write(self, engine: Engine) -> None:
         if not self.cases:
             return
-        from lightvessel_monai.figures import validation_overlay_figure
+        from lightvessel_monai.reporting.figures import validation_overlay_figure
 
         epoch = int(engine.state.epoch)
         path = self.path(epoch)

@@ -18,7 +18,7 @@ class ProgressBarHandler:
 
     Args:
         output_transform: maps ``engine.state.output`` to a number or a dict shown beside the bar,
-            e.g. :func:`lightvessel_monai.utils.loss_terms`.
+            e.g. :func:`lightvessel_monai.reporting.learning_curves.loss_terms`.
         enabled: ``False`` attaches nothing (for example in CI logs, where StatsHandler lines suffice).
         kwargs: passed to ``ProgressBar`` (``persist``, ``bar_format``, ...).
     """

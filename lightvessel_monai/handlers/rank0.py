@@ -7,11 +7,11 @@ from typing import Any
 
 from monai.handlers import CheckpointSaver, MLFlowHandler, StatsHandler, TensorBoardStatsHandler
 
-from lightvessel_monai.distributed import is_rank0
 from lightvessel_monai.handlers.final_weights import FinalWeightsSaver
-from lightvessel_monai.handlers.learning_curve import LearningCurveHandler
 from lightvessel_monai.handlers.overlays import ValidationOverlayHandler
 from lightvessel_monai.handlers.progress import ProgressBarHandler
+from lightvessel_monai.pipeline.distributed import is_rank0
+from lightvessel_monai.reporting.learning_curves import LearningCurveHandler
 
 __all__ = ["WRITER_HANDLERS", "rank0_handlers"]
 

@@ -14,16 +14,16 @@ from ignite.engine import Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.transforms import Randomizable
 
+from lightvessel_monai.checkpoints import load_weights
 from lightvessel_monai.data.samplers import (
     ResumableDistributedSampler,
     ResumableSampler,
     pack_rng_state,
     unpack_rng_state,
 )
-from lightvessel_monai.distributed import is_rank0
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
 from lightvessel_monai.handlers.library_internals import key_metric_entries
-from lightvessel_monai.utils import load_weights
+from lightvessel_monai.pipeline.distributed import is_rank0
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

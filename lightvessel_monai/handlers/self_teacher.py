@@ -30,7 +30,7 @@ MODES = ("ema", "snapshot")
 def make_self_teacher(network: nn.Module) -> nn.Module:
     """A frozen copy of ``network`` to serve as its self-teacher: eval mode, ``requires_grad=False``.
 
-    The copy keeps the network's hooks; a :class:`lightvessel_monai.features.FeatureTaps` hook copies itself as an
+    The copy keeps the network's hooks; a :class:`lightvessel_monai.taps.FeatureTaps` hook copies itself as an
     inert hook (see its ``__deepcopy__``), so the self-teacher's forward never overwrites the student's tapped
     features.
     """

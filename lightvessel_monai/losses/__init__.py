@@ -20,15 +20,6 @@ from lightvessel_monai.losses.emkd import (
     region_affinity_loss,
 )
 from lightvessel_monai.losses.fsd import FeatureSimilarityDistillation, fsd_pair_loss, naive_similarity_loss
-from lightvessel_monai.losses.gkd import (
-    AlignmentConsistencyLoss,
-    DomainInvariantCrossDistillation,
-    DualContrastiveGraphDistillation,
-    GKDSemantics,
-    SemanticAlignment,
-    contrastive_graph_loss,
-    graph_edges,
-)
 from lightvessel_monai.losses.kd import KnowledgeDistillation
 from lightvessel_monai.losses.method import DistillationMethod, student_parameters
 from lightvessel_monai.losses.pseudo_label import PseudoLabelLoss
@@ -36,13 +27,6 @@ from lightvessel_monai.losses.skd import HolisticDistillation, PairwiseDistillat
 from lightvessel_monai.losses.terms import DistillationTerm, parse_terms
 
 __all__ = [
-    "AlignmentConsistencyLoss",
-    "DomainInvariantCrossDistillation",
-    "DualContrastiveGraphDistillation",
-    "GKDSemantics",
-    "SemanticAlignment",
-    "contrastive_graph_loss",
-    "graph_edges",
     "AdversarialSimilarityDistillation",
     "AttentionTransfer",
     "ChannelWiseDistillation",

@@ -75,7 +75,7 @@ class ChannelWiseDistillation(PairedTapsDistiller):
 
     Args:
         pairs: feature tap pairs ``["dec1", ["t_tap", "s_tap"], ...]``; may be empty when ``logits=True``.
-        student_channels: ``{student_tap: channels}``, e.g. from :func:`lightvessel_monai.features.tap_channels`.
+        student_channels: ``{student_tap: channels}``, e.g. from :func:`lightvessel_monai.taps.tap_channels`.
         teacher_channels: ``{teacher_tap: channels}``.
         spatial_dims: 2 or 3 (the adapters' convolution type).
         temperature: ``T`` of the spatial softmax. Default 4, the segmentation setting of the public CIRKD

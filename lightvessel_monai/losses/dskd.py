@@ -19,7 +19,7 @@ frozen teacher; ``configs/methods/dskd_kd.json`` adds the plain KD term from a s
 
 Side heads belong to the distiller (they are trained with the student through
 :meth:`~lightvessel_monai.losses.base.Distiller.trainable_parameters` and never exported); the student network is
-not modified, its decoder features are read with forward hooks (:class:`lightvessel_monai.features.FeatureTaps`).
+not modified, its decoder features are read with forward hooks (:class:`lightvessel_monai.taps.FeatureTaps`).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class SideHeads(nn.Module):
     Args:
         spatial_dims: 2 or 3.
         in_channels: ``{tap_name: channels}`` of the decoder features (e.g. from
-            :func:`lightvessel_monai.features.tap_channels`).
+            :func:`lightvessel_monai.taps.tap_channels`).
         out_channels: number of classes ``K`` (the student's output channels).
         taps: which taps get a head; default: every key of ``in_channels``.
 

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
-from lightvessel_monai.features import check_taps
 from lightvessel_monai.losses.terms import DistillationTerm, parse_terms
+from lightvessel_monai.taps import check_taps
 
 __all__ = ["DistillationMethod", "student_parameters"]
 

@@ -3,15 +3,12 @@ GKD's Fréchet Semantic Distance between teacher and student semantic vectors.""
 
 from lightvessel_monai.metrics.cldice import ClDiceMetric, cldice_score, compute_cldice, skeleton
 from lightvessel_monai.metrics.segmentation import METRIC_NAMES, segmentation_metrics
-from lightvessel_monai.metrics.semantic_distance import FrechetSemanticDistance, frechet_distance
 
 __all__ = [
     "METRIC_NAMES",
     "ClDiceMetric",
-    "FrechetSemanticDistance",
     "cldice_score",
     "compute_cldice",
-    "frechet_distance",
     "segmentation_metrics",
     "skeleton",
 ]

@@ -3,21 +3,9 @@
 from torch import nn
 
 from lightvessel_monai.networks.discriminator import SimilarityDiscriminator
-from lightvessel_monai.networks.msan import (
-    LabelSemanticAutoEncoder,
-    SemanticHeader,
-    bottleneck_path,
-    bottleneck_size,
-    bottleneck_swap,
-)
 
 __all__ = [
-    "LabelSemanticAutoEncoder",
-    "SemanticHeader",
     "SimilarityDiscriminator",
-    "bottleneck_path",
-    "bottleneck_size",
-    "bottleneck_swap",
     "count_parameters",
 ]
 

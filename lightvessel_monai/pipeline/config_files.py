@@ -14,9 +14,9 @@ from pathlib import Path
 
 from lightvessel_monai.errors import ConfigKeyError
 
-__all__ = ["ENV_VAR", "config_root", "data_overlay", "methods_dir", "train_config"]
-
 ENV_VAR = "LIGHTVESSEL_CONFIG_ROOT"
+
+
 _TRAIN = Path("bundle") / "configs" / "train.json"
 
 
@@ -61,3 +61,11 @@ def data_overlay(spec: str | os.PathLike, root: str | os.PathLike | None = None)
     if named.is_file():
         return named
     raise ConfigKeyError(f"data overlay {spec} does not exist (neither as a path nor as {named})")
+
+
+def find_bundle_root(default: str = ".") -> str:
+    """``bundle/`` when run from the repository root, else ``default`` (the bundle's own directory)."""
+    candidate = Path("bundle")
+    if (candidate / "configs" / "metadata.json").is_file():
+        return str(candidate)
+    return default

@@ -1,7 +1,7 @@
 """GKD: generalizable cross-domain distillation (Qi et al., IEEE JBHI 2024, arXiv 2207.12995).
 
 The method distils through *semantic vectors*: each model's bottleneck squeezed by its MSAN header
-(:class:`~lightvessel_monai.networks.msan.SemanticHeader`; TAN for the teacher, SAN for the student), see
+(:class:`~lightvessel_monai.gkd.msan.SemanticHeader`; TAN for the teacher, SAN for the student), see
 :class:`GKDSemantics`. Its terms:
 
 - :class:`DualContrastiveGraphDistillation` (DCGD): every image is also seen under ``views`` intensity
@@ -12,7 +12,8 @@ The method distils through *semantic vectors*: each model's bottleneck squeezed 
   the student's decoder, the student's vector by the TAN and the teacher's decoder; both cross predictions follow
   the teacher's prediction.
 - :class:`SemanticAlignment`: the SAN's Alignment Consistency Training (ACT), online, since the SAN belongs to a
-  student that only exists during distillation (the TAN's ACT is a cached stage, :mod:`lightvessel_monai.act`).
+  student that only exists during distillation (the TAN's ACT is a cached stage,
+  :mod:`lightvessel_monai.gkd.alignment`).
 
 What the paper leaves open, and what is chosen here (marked "choice" in the docstrings below):
 
@@ -46,6 +47,7 @@ from monai.transforms import Compose, RandAdjustContrast, RandGaussianNoise, Ran
 from torch import nn
 
 from lightvessel_monai.errors import ConfigKeyError
+from lightvessel_monai.gkd.msan import LabelSemanticAutoEncoder, SemanticHeader, bottleneck_swap
 from lightvessel_monai.losses._common import (
     check_choice,
     check_positive,
@@ -55,7 +57,6 @@ from lightvessel_monai.losses._common import (
     tap_feature,
 )
 from lightvessel_monai.losses.base import DistillationInputs, Distiller
-from lightvessel_monai.networks.msan import LabelSemanticAutoEncoder, SemanticHeader, bottleneck_swap
 
 __all__ = [
     "GKDSemantics",

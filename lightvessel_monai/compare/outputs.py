@@ -18,16 +18,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from lightvessel_monai.evaluation import summarise
-from lightvessel_monai.figures import dice_bar_chart, draw_dice_panel, middle_slice, overlay_grid, save_figure
+from lightvessel_monai.compare.significance import bootstrap_mean_ci, paired_difference
+from lightvessel_monai.files import atomic_write_text, csv_text, markdown_table
 from lightvessel_monai.metrics import METRIC_NAMES
-from lightvessel_monai.significance import bootstrap_mean_ci, paired_difference
-from lightvessel_monai.utils import atomic_write_text, csv_text, markdown_table
+from lightvessel_monai.reporting.evaluation import summarise
+from lightvessel_monai.reporting.figures import dice_bar_chart, draw_dice_panel, middle_slice, overlay_grid, save_figure
 
 
 class ComparisonState(Protocol):
-    """What :class:`ComparisonOutputs` reads of a finished comparison (:class:`lightvessel_monai.compare.Comparison`
-    has it); a protocol, so that this module does not import the one that runs the students."""
+    """What :class:`ComparisonOutputs` reads of a finished comparison
+    (:class:`lightvessel_monai.compare.runs.Comparison` has it); a protocol, so that this module does not
+    import the one that runs the students."""
 
     output_dir: Path
     mask_key: str | None
@@ -48,7 +49,8 @@ CI_LEVEL = 0.95
 
 
 class DicePanel(NamedTuple):
-    """One panel of :func:`dice_panels`, the arguments of :func:`~lightvessel_monai.figures.draw_dice_panel`."""
+    """One panel of :func:`dice_panels`: the arguments of
+    :func:`~lightvessel_monai.reporting.figures.draw_dice_panel`."""
 
     title: str
     means: Mapping[str, float]
@@ -70,7 +72,7 @@ class ComparisonOutputs:
     """Tables and figures of a finished comparison, written under its ``output_dir``.
 
     Args:
-        comparison: the :class:`~lightvessel_monai.compare.Comparison` whose teacher and runs are reported (its
+        comparison: the :class:`~lightvessel_monai.compare.runs.Comparison` whose teacher and runs are reported (its
             output folder, evaluation settings, validation cases, teacher predictions and targets are read, nothing
             else).
     """

@@ -2,17 +2,17 @@
 
 Two steps, before distillation, with the teacher frozen:
 
-1. the P-SAE (:class:`~lightvessel_monai.networks.msan.LabelSemanticAutoEncoder`) learns to reconstruct the
+1. the P-SAE (:class:`~lightvessel_monai.gkd.msan.LabelSemanticAutoEncoder`) learns to reconstruct the
    training annotations (Dice + CE);
-2. the TAN (the teacher's :class:`~lightvessel_monai.networks.msan.SemanticHeader`) learns
-   :class:`~lightvessel_monai.losses.gkd.AlignmentConsistencyLoss`: its reconstruction, through the teacher's own
+2. the TAN (the teacher's :class:`~lightvessel_monai.gkd.msan.SemanticHeader`) learns
+   :class:`~lightvessel_monai.gkd.losses.AlignmentConsistencyLoss`: its reconstruction, through the teacher's own
    decoder, reproduces the annotation and the teacher's prediction; its vector follows the P-SAE's vector of the
    annotation and stays put under intensity views.
 
 Both are then frozen for distillation. The result is cached like the teacher: ``act_<fingerprint>.pt`` beside the
 teacher cache, keyed by the teacher checkpoint's bytes, the two networks, the ACT settings and the training files;
 a matching entry is reused, a mismatching one is retrained. The SAN belongs to the student, which only exists
-during distillation: its ACT is the online term :class:`~lightvessel_monai.losses.gkd.SemanticAlignment`.
+during distillation: its ACT is the online term :class:`~lightvessel_monai.gkd.losses.SemanticAlignment`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from monai.data.utils import set_rnd
 from monai.losses import DiceCELoss
 from monai.utils import set_determinism
 
+from lightvessel_monai.checkpoints import read_state_dict
+from lightvessel_monai.files import atomic_write
+from lightvessel_monai.gkd.losses import AlignmentConsistencyLoss, GKDSemantics, run_to
 from lightvessel_monai.losses._common import label_to_onehot
-from lightvessel_monai.losses.gkd import AlignmentConsistencyLoss, GKDSemantics, run_to
-from lightvessel_monai.stages import data_stat_digest, describe
-from lightvessel_monai.utils import atomic_write, read_state_dict
+from lightvessel_monai.pipeline.stages import data_stat_digest, describe
 
 __all__ = ["AlignmentConsistencyStage", "file_sha256"]
 
@@ -55,7 +56,7 @@ def _shapes(module: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
 
 
 class AlignmentConsistencyStage:
-    """Train (or reuse) the TAN and the P-SAE of :class:`~lightvessel_monai.losses.gkd.GKDSemantics`.
+    """Train (or reuse) the TAN and the P-SAE of :class:`~lightvessel_monai.gkd.losses.GKDSemantics`.
 
     :meth:`ensure` is a step of the bundle's ``prepare`` list, after the teacher stage (it reads the trained teacher).
 

@@ -13,7 +13,7 @@ import numpy as np
 from filelock import FileLock
 
 from lightvessel_monai.errors import DataError
-from lightvessel_monai.utils import atomic_write_text
+from lightvessel_monai.files import atomic_write_text
 
 __all__ = [
     "MARKER",
@@ -53,7 +53,7 @@ def cache_valid(datalist_path: Path, generator: dict) -> bool:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (:func:`lightvessel_monai.utils.atomic_write_text`).
+    """Write ``data`` as JSON to ``path`` atomically (:func:`lightvessel_monai.files.atomic_write_text`).
 
     Readers see either the old file, no file, or the complete new one, never a partial write.
     """

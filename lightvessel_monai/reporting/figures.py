@@ -17,8 +17,6 @@ __all__ = [
     "draw_dice_panel",
     "save_figure",
     "error_overlay",
-    "learning_curve_plot",
-    "loss_curve_plot",
     "overlay_grid",
     "middle_slice",
     "most_foreground_slice",
@@ -77,24 +75,6 @@ def save_figure(fig: plt.Figure, path: str) -> str:
     return _write_png(fig, path)
 
 
-def learning_curve_plot(
-    curves: Mapping[str, tuple[list[int], list[float]]],
-    path: str,
-    ylabel: str = "validation Dice",
-    title: str = "Learning curves",
-) -> str:
-    """Plot ``{label: (iterations, values)}`` as lines with markers against the training iteration; write a PNG."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.0), dpi=120)
-    for label, (iterations, values) in curves.items():
-        ax.plot(iterations, values, marker="o", markersize=3, label=f"{label} (best {max(values):.4f})")
-    ax.set_xlabel("training iteration")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    return save_figure(fig, path)
-
-
 def middle_slice(array: np.ndarray) -> np.ndarray:
     """A 2D view of a 2D map or of the middle slice (last axis) of a 3D one."""
     return array if array.ndim == 2 else array[..., array.shape[-1] // 2]
@@ -146,8 +126,8 @@ def overlay_grid(
 
 
 def _write_png(fig: plt.Figure, path: str) -> str:
-    """Write ``fig`` as PNG with :func:`lightvessel_monai.utils.atomic_write` (hidden temporary file, fsync, rename)."""
-    from lightvessel_monai.utils import atomic_write
+    """Write ``fig`` as PNG with :func:`lightvessel_monai.files.atomic_write` (hidden temporary file, fsync, rename)."""
+    from lightvessel_monai.files import atomic_write
 
     fig.tight_layout()
     try:
@@ -201,62 +181,4 @@ def validation_overlay_figure(cases: list[Mapping[str, object]], path: str, titl
             ax.set_title(name, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _write_png(fig, path)
-
-
-def _smoothed(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing moving average over ``window`` finite points (NaN where the window holds none)."""
-    finite = np.isfinite(values)
-    sums = np.cumsum(np.where(finite, values, 0.0))
-    counts = np.cumsum(finite)
-    sums[window:], counts[window:] = sums[window:] - sums[:-window], counts[window:] - counts[:-window]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def loss_curve_plot(
-    losses: Mapping[str, tuple[list[int], list[float]]],
-    validation: tuple[list[int], list[float]] | None,
-    path: str,
-    title: str = "",
-    metric_label: str = "validation Dice",
-) -> str:
-    """Two panels over the training iteration: every loss term (``{term: (iterations, values)}``), and the
-    validation metric (``(iterations, values)``, or ``None``). Write a PNG atomically.
-
-    The loss axis is logarithmic; when a term takes values <= 0 (an adversarial WGAN term) it is symmetric-log
-    (linear around 0). With many iterations each term is drawn faintly with its moving average (1 % of the run) on top.
-    """
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.0, 6.4), dpi=110, sharex=True, height_ratios=[3, 2])
-    finite = np.concatenate([np.asarray(v, dtype=float) for _, v in losses.values()] or [np.zeros(0)])
-    finite = finite[np.isfinite(finite)]
-    for i, (term, (iterations, values)) in enumerate(losses.items()):
-        x, y = np.asarray(iterations), np.asarray(values, dtype=float)
-        color = f"C{i % 10}"
-        window = len(y) // 100
-        if window > 1:
-            top.plot(x, y, color=color, alpha=0.25, linewidth=0.6)
-            top.plot(x, _smoothed(y, window), color=color, linewidth=1.2, label=term)
-        else:
-            top.plot(x, y, color=color, linewidth=1.0, marker="." if len(y) < 50 else None, label=term)
-    if finite.size and finite.min() > 0:
-        top.set_yscale("log")
-    elif finite.size:
-        nonzero = np.abs(finite[finite != 0])
-        top.set_yscale("symlog", linthresh=float(np.percentile(nonzero, 10)) if nonzero.size else 1.0)
-    top.set_ylabel("loss term")
-    top.grid(alpha=0.3, which="both")
-    if losses:
-        top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
-    if validation and validation[0]:
-        iterations, values = validation
-        bottom.plot(iterations, values, marker="o", markersize=3, color="C3", label=f"best {max(values):.4f}")
-        bottom.legend(loc="lower right", fontsize=8)
-    else:
-        bottom.text(0.5, 0.5, "no validation", ha="center", va="center", transform=bottom.transAxes)
-    bottom.set_ylabel(metric_label)
-    bottom.set_xlabel("training iteration")
-    bottom.grid(alpha=0.3)
-    if title:
-        top.set_title(title)
     return _write_png(fig, path)

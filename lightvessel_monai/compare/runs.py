@@ -60,16 +60,13 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import merge_kv
 
-from lightvessel_monai.compare_outputs import ComparisonOutputs, run_folder
+from lightvessel_monai.compare.outputs import ComparisonOutputs, run_folder
 from lightvessel_monai.data.checks import load_datalist
 from lightvessel_monai.errors import ConfigKeyError, LightVesselError, exit_code_of
-from lightvessel_monai.evaluation import count_flops, cpu_latency_ms, evaluate_cases, mean_over_cases
+from lightvessel_monai.files import atomic_write_text
 from lightvessel_monai.networks import count_parameters
-from lightvessel_monai.resources import data_overlay, methods_dir, train_config
-from lightvessel_monai.utils import (
-    atomic_write_text,
-    find_bundle_root,
-)
+from lightvessel_monai.pipeline.config_files import data_overlay, find_bundle_root, methods_dir, train_config
+from lightvessel_monai.reporting.evaluation import count_flops, cpu_latency_ms, evaluate_cases, mean_over_cases
 
 __all__ = ["main", "compare", "method_config", "split_methods", "split_variant", "TargetData"]
 
@@ -163,15 +160,51 @@ def _fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_keys(settings: Mapping[str, Any]) -> tuple[str, str]:
-    """The key of a stored run, and the key it had before comments left it (issue 29).
+def run_keys(settings: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The key of a stored run, and the keys an unchanged run had before (a run stored under one is adopted).
 
     ``settings["method_config"]`` is the method overlays' content; their ``_comment*`` keys do not enter the key,
-    so editing a comment retrains nothing. A run stored under the old key, which hashed the comments too, is adopted
-    under the new one when that old key still matches (the overlay changed in no other way).
+    so editing a comment retrains nothing. The former keys: the one that hashed the comments too (before issue 29),
+    and the one of the overlay with the module paths it named before the package layout (:data:`_FORMER_PATHS`).
     """
-    configs = settings.get("method_config", [])
-    return _fingerprint({**settings, "method_config": [without_comments(c) for c in configs]}), _fingerprint(settings)
+    configs = [without_comments(c) for c in settings.get("method_config", [])]
+    key = _fingerprint({**settings, "method_config": configs})
+    before_layout = _fingerprint({**settings, "method_config": [with_former_paths(c) for c in configs]})
+    return key, tuple(k for k in (_fingerprint(settings), before_layout) if k != key)
+
+
+# What the package layout of issue 29 moved, as a method overlay named it before (the more specific first).
+_FORMER_PATHS = (
+    ("lightvessel_monai.taps.", "lightvessel_monai.features."),
+    ("lightvessel_monai.gkd.msan", "lightvessel_monai.networks.msan"),
+    ("lightvessel_monai.gkd.alignment", "lightvessel_monai.act"),
+    ("lightvessel_monai.gkd.SemanticHeader", "lightvessel_monai.networks.SemanticHeader"),
+    ("lightvessel_monai.gkd.LabelSemanticAutoEncoder", "lightvessel_monai.networks.LabelSemanticAutoEncoder"),
+    ("lightvessel_monai.gkd.SemanticDistanceHandler", "lightvessel_monai.handlers.SemanticDistanceHandler"),
+    ("lightvessel_monai.gkd.", "lightvessel_monai.losses."),
+)
+
+
+def with_former_paths(config: Any) -> Any:
+    """``config`` with every string naming a moved module or class as it did before the layout."""
+    if isinstance(config, dict):
+        return {k: with_former_paths(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [with_former_paths(v) for v in config]
+    if isinstance(config, str):
+        return _DOTTED.sub(_former_path, config)
+    return config
+
+
+_DOTTED = re.compile(r"\blightvessel_monai(?:\.\w+)+")
+
+
+def _former_path(match: re.Match) -> str:
+    path = match.group(0)
+    for new, old in _FORMER_PATHS:
+        if path.startswith(new):
+            return old + path[len(new) :]
+    return path
 
 
 def without_comments(config: Any) -> Any:
@@ -218,7 +251,7 @@ class TargetData:
         base_configs: the source's config files, ``train.json`` first.
         overrides: the comparison's ``--set`` overrides.
         folder: where the target's merged datalist is written (``<output_dir>/targets``).
-        config_root: as for :func:`~lightvessel_monai.resources.data_overlay`.
+        config_root: as for :func:`~lightvessel_monai.pipeline.config_files.data_overlay`.
     """
 
     def __init__(
@@ -458,7 +491,7 @@ class Comparison:
             "max_epochs": self.max_epochs,
             "teacher": self.teacher_checkpoint,
         }
-        key, legacy_key = run_keys(settings)  # the targets are not part of it: they never change how a run trains
+        key, former_keys = run_keys(settings)  # the targets are not part of it: they never change how a run trains
         overrides = {
             **self.overrides,
             **variant,
@@ -476,8 +509,8 @@ class Comparison:
         }
         result_file = run_dir / "result.json"
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
-        if result.get("fingerprint") == legacy_key != key:
-            logger.warning(f"{method} seed {seed}: adopting {result_file}, stored under the key that hashed comments")
+        if result.get("fingerprint") in former_keys:
+            logger.warning(f"{method} seed {seed}: adopting {result_file}, stored under an earlier key of the same run")
             result["fingerprint"] = key
             _atomic_json(result_file, result)
         if result.get("fingerprint") == key and (not self.targets or final_weights(run_dir).is_file()):
@@ -676,7 +709,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             target_data=[spec for item in args.target_data for spec in _split(item)],
         )
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

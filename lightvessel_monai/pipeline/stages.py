@@ -21,10 +21,11 @@ from monai.data.utils import set_rnd
 from monai.utils import set_determinism
 from torch import nn
 
+from lightvessel_monai.checkpoints import load_state_dict_checked, read_state_dict
 from lightvessel_monai.data.checks import count_outside
 from lightvessel_monai.errors import CheckpointMismatchError, ConfigKeyError
+from lightvessel_monai.files import atomic_write, atomic_write_text
 from lightvessel_monai.losses.method import DistillationMethod
-from lightvessel_monai.utils import atomic_write, atomic_write_text, load_state_dict_checked, read_state_dict
 
 __all__ = [
     "describe",
@@ -41,6 +42,31 @@ logger = logging.getLogger(__name__)
 
 _SIMPLE = (bool, int, float, str, type(None))
 _OPAQUE = (np.ndarray, torch.Tensor, np.random.RandomState)
+
+# Classes that moved in the layout of issue 29 keep, in a description, the module they were first defined in:
+# fingerprints hash descriptions, and stored teachers, ACT caches and resume files must keep their keys.
+_FIRST_MODULE = {
+    "lightvessel_monai.gkd.losses": "lightvessel_monai.losses.gkd",
+    "lightvessel_monai.gkd.msan": "lightvessel_monai.networks.msan",
+    "lightvessel_monai.gkd.alignment": "lightvessel_monai.act",
+    "lightvessel_monai.gkd.semantic_distance.FrechetSemanticDistance": "lightvessel_monai.metrics.semantic_distance",
+    "lightvessel_monai.gkd.semantic_distance": "lightvessel_monai.handlers.semantic_distance",
+    "lightvessel_monai.pipeline.stages": "lightvessel_monai.stages",
+    "lightvessel_monai.pipeline.settings": "lightvessel_monai.settings",
+    "lightvessel_monai.compare.runs": "lightvessel_monai.compare",
+    "lightvessel_monai.compare.outputs": "lightvessel_monai.compare_outputs",
+    "lightvessel_monai.compare.significance": "lightvessel_monai.significance",
+    "lightvessel_monai.reporting.run_report": "lightvessel_monai.report",
+    "lightvessel_monai.reporting.learning_curves": "lightvessel_monai.handlers.learning_curve",
+    "lightvessel_monai.taps": "lightvessel_monai.features",
+}
+
+
+def _class_name(cls: type) -> str:
+    """``module.QualName`` of ``cls``, with the module it was first defined in (:data:`_FIRST_MODULE`)."""
+    module = cls.__module__
+    module = _FIRST_MODULE.get(f"{module}.{cls.__qualname__}", _FIRST_MODULE.get(module, module))
+    return f"{module}.{cls.__qualname__}"
 
 
 def _init_parameters(cls: type) -> set[str]:
@@ -67,7 +93,7 @@ def describe(obj: Any, depth: int = 6) -> Any:
         return {str(k): describe(v, depth - 1) for k, v in obj.items()} if depth > 0 else len(obj)
     if isinstance(obj, torch.dtype):
         return str(obj)
-    name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    name = _class_name(type(obj))
     if depth <= 0 or not hasattr(obj, "__dict__") or isinstance(obj, _OPAQUE):
         return name
     settings = _init_parameters(type(obj))

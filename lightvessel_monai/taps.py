@@ -157,7 +157,7 @@ def tap_channels(network: nn.Module, taps: Mapping[str, str] | None, input_shape
     """Channel count of every tap, found with one forward pass of zeros of ``input_shape`` (``[1, C_in, *spatial]``).
 
     Lets a config size 1x1 adapters and side heads from the taps it declares, e.g.
-    ``"$lightvessel_monai.features.tap_channels(@network, @student_taps, [1, @in_channels] + @patch_size)"``.
+    ``"$lightvessel_monai.taps.tap_channels(@network, @student_taps, [1, @in_channels] + @patch_size)"``.
     The network's train/eval mode is restored afterwards.
     """
     taps = dict(taps or {})

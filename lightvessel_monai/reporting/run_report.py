@@ -12,9 +12,10 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
-from lightvessel_monai.evaluation import cpu_latency_ms, evaluate_cases, mean_over_cases
+from lightvessel_monai.checkpoints import load_state_dict_checked
+from lightvessel_monai.files import atomic_write_text, csv_text, markdown_table
 from lightvessel_monai.networks import count_parameters
-from lightvessel_monai.utils import atomic_write_text, csv_text, load_state_dict_checked, markdown_table
+from lightvessel_monai.reporting.evaluation import cpu_latency_ms, evaluate_cases, mean_over_cases
 
 __all__ = ["evaluate_dice", "write_report", "RunReport"]
 
