@@ -2,7 +2,7 @@
 the teacher's, read as FID is read.
 
 .. math::
-    d^2 = \\|\\mu_t - \\mu_s\\|^2 + \\mathrm{Tr}\big(\\Sigma_t + \\Sigma_s - 2 (\\Sigma_t \\Sigma_s)^{1/2}\big)
+    d^2 = \\|\\mu_t - \\mu_s\\|^2 + \\mathrm{Tr}\\big(\\Sigma_t + \\Sigma_s - 2 (\\Sigma_t \\Sigma_s)^{1/2}\\big)
 
 over the two sets of semantic vectors ``(N, D)`` (:class:`~lightvessel_monai.gkd.losses.GKDSemantics`), with the
 unbiased sample covariances. MONAI's ``compute_frechet_distance`` (of its FID metric) does the matrix square root.

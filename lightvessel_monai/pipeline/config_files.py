@@ -26,7 +26,7 @@ def _candidates(explicit: str | os.PathLike | None) -> list[tuple[str, Path]]:
     if os.environ.get(ENV_VAR):
         return [(ENV_VAR, Path(os.environ[ENV_VAR]))]
     return [
-        ("the source checkout", Path(__file__).resolve().parent.parent),
+        ("the source checkout", Path(__file__).resolve().parents[2]),
         ("the installed package data", Path(sysconfig.get_path("data")) / "share" / "lightvessel_monai"),
     ]
 
