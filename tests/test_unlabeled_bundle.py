@@ -28,15 +28,17 @@ def grey_pngs(folder, count, size=128):
 
 
 @pytest.mark.integration
-def test_function_matching_with_unlabelled_images_through_the_command_in_2d(tmp_path):
+@pytest.mark.parametrize("mode", ["mixup", "cutmix"])
+def test_function_matching_with_unlabelled_images_through_the_command_in_2d(tmp_path, mode):
     pattern = grey_pngs(tmp_path / "unlabelled", 3)
     proc = run_bundle(
         "training",
         ["train.json", str(METHODS / "fm_kd.json")],
         tmp_path / "bundle",
-        {"unlabeled_glob": pattern, "mixup_prob": 0.5},
+        {"unlabeled_glob": pattern, "mixup_prob": 0.5, "mixup_mode": mode},
     )
     log = proc.stdout + proc.stderr
+    assert f"{mode} on 50% of each step's samples, lambda ~ Beta(1)" in log
     assert "pre-flight: images per split: 4 training, 2 validation, 3 unlabeled" in log
     assert "unlabelled images: 3, 2 per step beside 2 labelled" in log  # unlabeled_ratio 1 x batch_size 2
     assert "loss_kd" in log

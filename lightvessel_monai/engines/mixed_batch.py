@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,8 @@ from lightvessel_monai.errors import ConfigKeyError
 from lightvessel_monai.pipeline.distributed import get_rank, get_world_size, is_distributed
 
 __all__ = ["MIX_MODES", "MixedBatch", "cutmix", "mixup"]
+
+logger = logging.getLogger(__name__)
 
 MIX_MODES = ("mixup", "cutmix")
 """The values of ``mixup_mode``."""
@@ -145,6 +148,8 @@ class MixedBatch:
         self.mixup_prob = float(mixup_prob)
         self.mixup_alpha = float(mixup_alpha)
         self.last_mix: dict[str, torch.Tensor] | None = None
+        if self.mixup_prob > 0:  # say what the step does: a mixed sample changes what the segmentation loss sees
+            logger.info(f"{mixup_mode} on {self.mixup_prob:.0%} of each step's samples, lambda ~ Beta({mixup_alpha:g})")
 
     def state_dict(self) -> dict[str, Any]:
         return {"unlabeled": self.unlabeled.state_dict()} if self.unlabeled is not None else {}
