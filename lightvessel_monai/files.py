@@ -1,6 +1,6 @@
 """Writing files so that a killed process never leaves half a file: every atomic write of the package goes
-through :func:`atomic_write` (the one place that renames files into place), and the CSV and Markdown text that
-the reports write."""
+through :func:`atomic_write` (this module is the one place that renames files into place), and the CSV and
+Markdown text that the reports write."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """What each method overlay builds, as plain JSON: terms, weights, trainable parameters, handlers, taps, fingerprints.
 
 ``tests/data/method_snapshot.json`` was written by this module *before* the distillation mapping became one
-:class:`~lightvessel_monai.method.DistillationMethod` (issue 29); ``test_method_snapshot.py`` rebuilds every overlay
-and compares, so that the refactor provably builds the same methods and keeps every fingerprint (stored teachers and
-resume files stay valid). Regenerate only for a deliberate change: ``python tests/method_snapshot.py``.
+:class:`~lightvessel_monai.losses.method.DistillationMethod` (issue 29); ``test_method_snapshot.py`` rebuilds every
+overlay and compares, so that the refactor provably builds the same methods and keeps every fingerprint (stored teachers
+and resume files stay valid). Regenerate only for a deliberate change: ``python tests/method_snapshot.py``.
 """
 
 from __future__ import annotations

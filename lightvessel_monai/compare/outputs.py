@@ -1,5 +1,5 @@
 """The outputs of a comparison: ``runs.csv``, ``results.csv``/``results.md`` with paired differences and their
-bootstrap intervals, the Dice figure and the overlay figures. :mod:`lightvessel_monai.compare` runs the students;
+bootstrap intervals, the Dice figure and the overlay figures. :mod:`lightvessel_monai.compare.runs` runs the students;
 this module only reads their results.
 
 With ``--target-data``, every result also holds ``targets``: ``{name: {"metrics", "cases"}}`` on each target's

@@ -173,16 +173,20 @@ def run_keys(settings: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
     return key, tuple(k for k in (_fingerprint(settings), before_layout) if k != key)
 
 
-# What the package layout of issue 29 moved, as a method overlay named it before (the more specific first).
-_FORMER_PATHS = (
-    ("lightvessel_monai.taps.", "lightvessel_monai.features."),
-    ("lightvessel_monai.gkd.msan", "lightvessel_monai.networks.msan"),
-    ("lightvessel_monai.gkd.alignment", "lightvessel_monai.act"),
-    ("lightvessel_monai.gkd.SemanticHeader", "lightvessel_monai.networks.SemanticHeader"),
-    ("lightvessel_monai.gkd.LabelSemanticAutoEncoder", "lightvessel_monai.networks.LabelSemanticAutoEncoder"),
-    ("lightvessel_monai.gkd.SemanticDistanceHandler", "lightvessel_monai.handlers.SemanticDistanceHandler"),
-    ("lightvessel_monai.gkd.", "lightvessel_monai.losses."),
-)
+# What the package layout of issue 29 moved, as a method overlay named it before: {new path: former path}.
+_FORMER_PATHS = {
+    "lightvessel_monai.taps": "lightvessel_monai.features",
+    "lightvessel_monai.gkd.msan": "lightvessel_monai.networks.msan",
+    "lightvessel_monai.gkd.alignment": "lightvessel_monai.act",
+    **{f"lightvessel_monai.gkd.{name}": f"lightvessel_monai.{package}.{name}" for package, names in (
+        ("networks", ("SemanticHeader", "LabelSemanticAutoEncoder")),
+        ("handlers", ("SemanticDistanceHandler",)),
+        ("metrics", ("FrechetSemanticDistance", "frechet_distance")),
+        ("losses", ("AlignmentConsistencyLoss", "DomainInvariantCrossDistillation", "DualContrastiveGraphDistillation",
+                    "GKDSemantics", "SemanticAlignment", "contrastive_graph_loss", "graph_edges")),
+    ) for name in names},
+}  # fmt: skip
+_DOTTED = re.compile(r"\blightvessel_monai(?:\.\w+)+")
 
 
 def with_former_paths(config: Any) -> Any:
@@ -196,15 +200,14 @@ def with_former_paths(config: Any) -> Any:
     return config
 
 
-_DOTTED = re.compile(r"\blightvessel_monai(?:\.\w+)+")
-
-
 def _former_path(match: re.Match) -> str:
-    path = match.group(0)
-    for new, old in _FORMER_PATHS:
-        if path.startswith(new):
-            return old + path[len(new) :]
-    return path
+    """The former name of a dotted path: its longest prefix (whole parts) that moved, replaced."""
+    parts = match.group(0).split(".")
+    for end in range(len(parts), 1, -1):
+        former = _FORMER_PATHS.get(".".join(parts[:end]))
+        if former:
+            return ".".join([former, *parts[end:]])
+    return match.group(0)
 
 
 def without_comments(config: Any) -> Any:

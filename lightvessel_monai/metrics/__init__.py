@@ -1,5 +1,5 @@
-"""Evaluation metrics: clDice (Shit et al., CVPR 2021), per-case segmentation metrics inside an optional mask, and
-GKD's Fréchet Semantic Distance between teacher and student semantic vectors."""
+"""Evaluation metrics: clDice (Shit et al., CVPR 2021) and per-case segmentation metrics inside an optional mask.
+GKD's Fréchet Semantic Distance is in :mod:`lightvessel_monai.gkd.semantic_distance`."""
 
 from lightvessel_monai.metrics.cldice import ClDiceMetric, cldice_score, compute_cldice, skeleton
 from lightvessel_monai.metrics.segmentation import METRIC_NAMES, segmentation_metrics

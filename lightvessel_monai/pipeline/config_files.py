@@ -3,7 +3,7 @@
 A source checkout has them at ``bundle/configs/`` and ``configs/{methods,data}/`` beside the package. A plain
 ``pip install .`` copies them, as data files, to ``<prefix>/share/lightvessel_monai/`` with the same layout
 (``setup.cfg``, ``[options.data_files]``). ``LIGHTVESSEL_CONFIG_ROOT`` (or ``compare --config_root``) names another
-folder with that layout.
+folder with that layout. :func:`find_bundle_root` is the bundle folder a run writes under (``bundle_root``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 from lightvessel_monai.errors import ConfigKeyError
 
+__all__ = ["ENV_VAR", "config_root", "data_overlay", "find_bundle_root", "methods_dir", "train_config"]
+
 ENV_VAR = "LIGHTVESSEL_CONFIG_ROOT"
-
-
 _TRAIN = Path("bundle") / "configs" / "train.json"
 
 

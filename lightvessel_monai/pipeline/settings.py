@@ -23,27 +23,7 @@ from lightvessel_monai.errors import ConfigKeyError
 __all__ = ["RunFlags", "as_bool", "check_positive_ints", "check_positive_numbers", "check_writable"]
 
 
-@dataclass(frozen=True)
-class RunFlags:
-    """Booleans of a training run; each is given as a bool, ``0``/``1`` or ``"true"``/``"false"`` (any case
-    :func:`~lightvessel_monai.pipeline.settings.as_bool` accepts). A bad value is a one-line
-    :class:`~lightvessel_monai.errors.ConfigKeyError` naming its key."""
-
-    amp: bool = False
-    resume: bool = True
-    use_teacher: bool = True
-    progress_bar: bool = True
-    cosine_lr: bool = False
-
-    def __post_init__(self) -> None:
-        for field in fields(self):
-            # frozen: the parsed value replaces the raw one once, here
-            object.__setattr__(self, field.name, as_bool(getattr(self, field.name), field.name))
-
-
 _TRUE = ("true", "True", "1", 1, True)
-
-
 _FALSE = ("false", "False", "0", 0, False)
 
 
@@ -61,6 +41,24 @@ def as_bool(value: Any, key: str) -> bool:
         if any(type(value) is type(a) and value == a for a in accepted):
             return result
     raise ConfigKeyError(f"config key '{key}' must be a boolean (true, false, True, False, 0 or 1), got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunFlags:
+    """Booleans of a training run; each is given as a bool, ``0``/``1`` or ``"true"``/``"false"`` (any value
+    :func:`as_bool` accepts). A bad value is a one-line
+    :class:`~lightvessel_monai.errors.ConfigKeyError` naming its key."""
+
+    amp: bool = False
+    resume: bool = True
+    use_teacher: bool = True
+    progress_bar: bool = True
+    cosine_lr: bool = False
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            # frozen: the parsed value replaces the raw one once, here
+            object.__setattr__(self, field.name, as_bool(getattr(self, field.name), field.name))
 
 
 def check_positive_ints(values: Mapping[str, Any], minimum: Mapping[str, int] | None = None) -> None:

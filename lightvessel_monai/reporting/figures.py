@@ -1,5 +1,5 @@
 """Figures (PNG, via matplotlib's Agg backend): a method comparison's Dice bar chart and prediction overlays, and the
-pictures of a training run (loss terms and validation Dice against iteration, validation overlays per epoch)."""
+validation overlays of a training run; the curve plots are in :mod:`lightvessel_monai.reporting.learning_curves`."""
 
 from __future__ import annotations
 

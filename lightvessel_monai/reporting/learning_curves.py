@@ -161,9 +161,9 @@ class LearningCurveHandler:
 
     With ``record_losses`` it also appends, after every iteration, one row ``iteration, epoch, <term>, ...`` of the
     trainer's loss terms (``loss_transform`` of ``engine.state.output``: by default every ``loss*`` entry, the total
-    ``loss`` and each term, as :class:`StatsHandler` logs them) to ``<name>_losses.csv``. Appending one line costs
-    the same however long the run, and a killed run keeps every row written before the kill (a torn last line is
-    dropped when read). A fresh run starts a fresh file; a resumed run keeps the rows up to the iteration it resumes
+    ``loss`` and each term, as :class:`monai.handlers.StatsHandler` logs them) to ``<name>_losses.csv``. Appending one
+    line costs the same however long the run, and a killed run keeps every row written before the kill (a torn last line
+    is dropped when read). A fresh run starts a fresh file; a resumed run keeps the rows up to the iteration it resumes
     from (rewritten once, atomically); a term that appears later extends the header (one atomic rewrite). At the end
     ``<name>_losses.png`` shows every term (log axis) and the validation metric against the iteration.
 
