@@ -9,16 +9,17 @@ Usage::
 Each ``--run METHOD:SEED=MODEL`` is a ``models/model_final.pt`` written by ``monai.bundle run training`` (the final
 weights; ``model.pt`` is the best validated checkpoint, selected on the very images scored here, so it is not a fair
 score), or a ``model.pt`` of ``lightvessel_monai.compare`` (validated once, at the end), loaded into the overlay's
-``network_def``; ``--teacher`` goes into
-``teacher_def``. Every network is scored by the same code as ``lightvessel_monai.compare`` (its validation dataloader,
-inferer and post-processing, :func:`lightvessel_monai.reporting.evaluation.evaluate_cases`), one row per validation
-case.
+``network_def``; ``--teacher`` goes into ``teacher_def``. Every network is scored by the same code as
+``lightvessel_monai.compare`` (its validation dataloader, inferer and post-processing,
+:func:`lightvessel_monai.reporting.evaluation.evaluate_cases`), one row per validation case.
 
 ``--scores`` is a CSV of those rows (method, seed, case, dice, sensitivity, clDice). Rows already there are kept
 (a run given again replaces its own), so runs finished in different sessions add up to one comparison; the file is
 written atomically. The table printed last pairs every method with ``--baseline`` on the seeds both have, case by
 case, with the two-level bootstrap interval of
 :func:`lightvessel_monai.compare.significance.paired_difference`, and gives each method's distance to the teacher.
+``--figure PNG`` draws each method's Dice with its two-level bootstrap interval (the teacher dashed), a ``*`` where
+the paired difference from the baseline excludes 0.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from monai.bundle import ConfigParser
 
 from lightvessel_monai.checkpoints import load_state_dict_checked
 from lightvessel_monai.compare.runs import _evaluation_inputs
-from lightvessel_monai.compare.significance import paired_difference
+from lightvessel_monai.compare.significance import bootstrap_mean_ci, paired_difference
 from lightvessel_monai.files import atomic_write_text, csv_text
 from lightvessel_monai.reporting.evaluation import evaluate_cases, summarise
 
@@ -79,6 +80,8 @@ def main() -> None:
     ap.add_argument("--teacher", help="the teacher checkpoint (scored as method 'teacher', seed 0)")
     ap.add_argument("--scores", required=True, help="the per-case CSV to extend (created if missing)")
     ap.add_argument("--baseline", default="none")
+    ap.add_argument("--figure", help="also draw the Dice of every method with its 95 %% interval into this PNG")
+    ap.add_argument("--title", default="Dice per method", help="the figure's title")
     args = ap.parse_args()
     scores_path = Path(args.scores)
     rows = read_scores(scores_path)
@@ -106,6 +109,7 @@ def main() -> None:
     for r in rows:
         seeds_of[r["method"]].add(r["seed"])
     teacher = table(rows, "teacher", [0]) if "teacher" in seeds_of else None
+    means, intervals, significant = {}, {}, {}
     out = io.StringIO()
     out.write(
         f"| method | seeds | Dice, mean over seeds (sd) | sensitivity | vs {args.baseline}, paired (95 % CI) "
@@ -122,10 +126,20 @@ def main() -> None:
             d = paired_difference(table(rows, method, common), table(rows, args.baseline, common))
             paired = f"{100 * d.mean:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]" + (" *" if d.significant else "")
             n = str(len(common))
+            significant[method] = d.significant
+        if method != "teacher":
+            means[method], low, high = bootstrap_mean_ci(dice)
+            intervals[method] = (low, high)
         gap = "" if teacher is None or method == "teacher" else f"{100 * (dice.mean() - teacher.mean()):+.2f}"
         cells = [method, ",".join(map(str, seeds)), f"{mean:.4f} ({sd:.4f})", f"{sens:.4f}", paired, n, gap]
         out.write("| " + " | ".join(cells) + " |\n")
     print(out.getvalue(), end="")
+    if args.figure:
+        from lightvessel_monai.reporting.figures import dice_bar_chart
+
+        title = f"{args.title}\n95 % interval (seeds, cases); * paired, differs from {args.baseline}"
+        reference = None if teacher is None else float(teacher.mean())
+        print(f"written: {dice_bar_chart(means, intervals, args.figure, reference, title, significant)}")
 
 
 if __name__ == "__main__":
